@@ -104,6 +104,7 @@ known_fields! {
     ActivityLevel => "azure.activitylogs.level",
     SourceIp => "source.ip",
     SourceAddress => "source.address",
+    SourcePort => "source.port",
     SourceAsNumber => "source.as.number",
     SourceAsOrganizationName => "source.as.organization.name",
     ClientIp => "client.ip",
@@ -224,6 +225,8 @@ pub struct NormalizedEvent {
     pub source_ip: Option<IpAddr>,
     /// `source.address`: the caller value when it is not an IP literal.
     pub source_address: Option<Box<str>>,
+    /// `source.port`, when the caller was `ip:port` (deviation 3).
+    pub source_port: Option<u16>,
     pub source_as_number: Option<u32>,
     pub source_as_organization: Option<Arc<str>>,
     pub log_level: Option<Box<str>>,
@@ -273,6 +276,7 @@ impl NormalizedEvent {
             K::ActivityLevel => self.activity_level.as_ref().and_then(json_scalar),
             K::SourceIp | K::ClientIp | K::RelatedIp => self.source_ip.map(FieldValue::Ip),
             K::SourceAddress => str_value(&self.source_address),
+            K::SourcePort => self.source_port.map(|p| FieldValue::Int(p.into())),
             K::SourceAsNumber => self.source_as_number.map(|n| FieldValue::Int(n.into())),
             K::SourceAsOrganizationName => {
                 self.source_as_organization.as_deref().map(FieldValue::Str)
@@ -403,7 +407,10 @@ mod tests {
             FieldRef::resolve("azure.activitylogs.identity.claims.name").target(),
             &FieldTarget::Identity(vec!["claims".into(), "name".into()].into())
         );
-        assert_eq!(FieldRef::resolve("host.name").target(), &FieldTarget::Unmapped);
+        assert_eq!(
+            FieldRef::resolve("host.name").target(),
+            &FieldTarget::Unmapped
+        );
         for k in KnownField::ALL {
             assert_eq!(KnownField::from_name(k.name()), Some(*k));
         }
@@ -415,19 +422,27 @@ mod tests {
             source_as_number: Some(64500),
             source_ip: Some("203.0.113.7".parse().unwrap()),
             event_outcome: Some(Outcome::Success),
-            identity: Some(json!({"claims": {"http://schemas_xmlsoap_org/x": "a", "groups": ["g1", "g2"]}})),
+            identity: Some(
+                json!({"claims": {"http://schemas_xmlsoap_org/x": "a", "groups": ["g1", "g2"]}}),
+            ),
             ..Default::default()
         };
         assert_eq!(values(&ev, "source.as.number"), ["Int(64500)"]);
         assert_eq!(values(&ev, "source.ip"), ["Ip(203.0.113.7)"]);
         assert_eq!(values(&ev, "event.outcome"), [r#"Str("success")"#]);
-        assert_eq!(values(&ev, "data_stream.dataset"), [r#"Str("azure.activitylogs")"#]);
+        assert_eq!(
+            values(&ev, "data_stream.dataset"),
+            [r#"Str("azure.activitylogs")"#]
+        );
         assert_eq!(
             values(&ev, "azure.activitylogs.identity.claims.groups"),
             [r#"Str("g1")"#, r#"Str("g2")"#]
         );
         assert_eq!(
-            values(&ev, "azure.activitylogs.identity.claims.http://schemas_xmlsoap_org/x"),
+            values(
+                &ev,
+                "azure.activitylogs.identity.claims.http://schemas_xmlsoap_org/x"
+            ),
             [r#"Str("a")"#]
         );
         assert!(values(&ev, "azure.resource.name").is_empty());

@@ -4,4 +4,8 @@
 //! `enrich` → `rules` → `store` (term state + outbox + checkpoint, one write
 //! batch) → `sink`. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod decode;
 pub mod event;
+pub mod normalize;
+pub mod rules;
+pub mod store;

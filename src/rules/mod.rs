@@ -1,0 +1,3 @@
+//! Rules: KQL matching, Elastic rule files and New Terms semantics.
+
+pub mod new_terms;
