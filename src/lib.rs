@@ -4,4 +4,5 @@
 //! `enrich` → `rules` → `store` (term state + outbox + checkpoint, one write
 //! batch) → `sink`. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod enrich;
 pub mod event;
