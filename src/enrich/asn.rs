@@ -145,17 +145,6 @@ pub enum AsnError {
         reason: String,
     },
     #[error(
-        "ASN database {path}:{line}: range {range} overlaps {other_path}:{other_line} \
-         with a different AS; overlapping ranges are ambiguous, fix or drop one of the files"
-    )]
-    Overlap {
-        path: PathBuf,
-        line: usize,
-        range: String,
-        other_path: PathBuf,
-        other_line: usize,
-    },
-    #[error(
         "ASN database {path}: cannot tell the format (not a MaxMind DB, no comma- or \
          tab-separated line); pass the format explicitly"
     )]
@@ -173,7 +162,6 @@ impl AsnError {
             AsnError::Io { .. } => "io",
             AsnError::Mmdb { .. } => "invalid_mmdb",
             AsnError::Malformed { .. } => "malformed_line",
-            AsnError::Overlap { .. } => "overlapping_ranges",
             AsnError::UnknownFormat { .. } => "unknown_format",
             AsnError::NoFiles { .. } => "no_files",
             AsnError::Empty { .. } => "empty",
@@ -269,6 +257,10 @@ pub struct AsnMetadata {
     pub mmdb_nodes: u64,
     /// Distinct organization names interned from text files.
     pub organizations: usize,
+    /// Overlapping text ranges with different data (the narrowest won),
+    /// and a description of the first (`file:line (ASn) overlaps ...`).
+    pub overlaps_resolved: usize,
+    pub first_overlap: Option<String>,
     pub loaded_at: SystemTime,
 }
 
@@ -446,45 +438,79 @@ impl RangeBuilder {
         Ok(())
     }
 
-    fn build(self) -> Result<RangeDb, AsnError> {
-        let files = &self.files;
-        let v4 = build_table(self.v4, files, |v| v as u32)?;
-        let v6 = build_table(self.v6, files, |v| v)?;
-        Ok(RangeDb {
+    fn build(self) -> (RangeDb, Overlaps) {
+        let mut overlaps = Overlaps::default();
+        let v4 = build_table(self.v4, &self.files, &mut overlaps, |v| v as u32);
+        let v6 = build_table(self.v6, &self.files, &mut overlaps, |v| v);
+        let db = RangeDb {
             v4,
             v6,
             orgs: self.orgs,
-        })
+        };
+        (db, overlaps)
     }
 }
 
-/// Sorts, rejects conflicting overlaps, drops exact duplicates (the same
-/// data shipped twice, e.g. `asn-ipv4.csv` next to `asn-ipv4-num.csv`) and
-/// merges adjacent ranges of the same AS and organization.
+/// Overlapping ranges with different data, found while building.
+#[derive(Debug, Default)]
+struct Overlaps {
+    count: usize,
+    first: Option<String>,
+}
+
+/// Sorts the ranges and makes them disjoint, then merges adjacent ranges of
+/// the same AS and organization.
+///
+/// Published data is not always clean: ip-location-db's IPv4 file of
+/// 2026-06 has one partial overlap (two DoD ranges). Rejecting the whole
+/// data set over it would leave users without enrichment, so overlaps are
+/// resolved the way a routing table or a MaxMind tree resolves them: the
+/// narrowest range wins for the addresses it covers (on equal width, the
+/// later line). Exact duplicates (the same data shipped twice, e.g.
+/// `asn-ipv4.csv` next to `asn-ipv4-num.csv`) are simply dropped. Conflicts
+/// are counted and the first one is described in [`AsnMetadata`].
 fn build_table<T: Copy + Ord>(
     mut ranges: Vec<Pending>,
     files: &[PathBuf],
+    overlaps: &mut Overlaps,
     narrow: impl Fn(u128) -> T,
-) -> Result<Table<T>, AsnError> {
+) -> Table<T> {
     ranges.sort_unstable_by_key(|p| (p.start, p.end, p.file, p.line));
+    // Compare each range with the one reaching furthest so far, so an
+    // overlap is seen even when a nested range sits between the two.
+    let mut any_overlap = false;
+    let mut reach: Option<Pending> = None;
+    for &cur in &ranges {
+        if let Some(prev) = reach.filter(|p| cur.start <= p.end) {
+            any_overlap = true;
+            if (prev.asn, prev.org) != (cur.asn, cur.org) {
+                overlaps.count += 1;
+                if overlaps.first.is_none() {
+                    let at =
+                        |p: Pending| format!("{}:{}", files[p.file as usize].display(), p.line);
+                    overlaps.first = Some(format!(
+                        "{} (AS{}) overlaps {} (AS{})",
+                        at(cur),
+                        cur.asn,
+                        at(prev),
+                        prev.asn
+                    ));
+                }
+            }
+        }
+        if reach.is_none_or(|p| cur.end > p.end) {
+            reach = Some(cur);
+        }
+    }
+    if any_overlap {
+        ranges = paint_narrowest_wins(ranges);
+    }
     let mut merged: Vec<Pending> = Vec::with_capacity(ranges.len());
     for cur in ranges {
         if let Some(prev) = merged.last_mut() {
-            let same_data = prev.asn == cur.asn && prev.org == cur.org;
-            if cur.start <= prev.end {
-                if same_data && cur.end <= prev.end {
-                    continue; // duplicate or nested copy of the same data
-                }
-                let file = |i: u32| files[i as usize].clone();
-                return Err(AsnError::Overlap {
-                    path: file(cur.file),
-                    line: cur.line as usize,
-                    range: format!("{}-{}", cur.start, cur.end),
-                    other_path: file(prev.file),
-                    other_line: prev.line as usize,
-                });
-            }
-            if same_data && prev.end.checked_add(1) == Some(cur.start) {
+            if (prev.asn, prev.org) == (cur.asn, cur.org)
+                && prev.end.checked_add(1) == Some(cur.start)
+            {
                 prev.end = cur.end;
                 continue;
             }
@@ -503,7 +529,55 @@ fn build_table<T: Copy + Ord>(
         table.asn.push(p.asn);
         table.org.push(p.org);
     }
-    Ok(table)
+    table
+}
+
+/// Paints ranges widest first onto a map of disjoint intervals, so each
+/// narrower range overwrites the part of any wider one it covers. Only runs
+/// when the input overlaps, which is rare.
+fn paint_narrowest_wins(mut ranges: Vec<Pending>) -> Vec<Pending> {
+    use std::cmp::Reverse;
+    use std::collections::BTreeMap;
+    use std::ops::Bound::{Excluded, Included};
+
+    ranges.sort_by_key(|p| (Reverse(p.end - p.start), p.file, p.line));
+    let mut painted: BTreeMap<u128, Pending> = BTreeMap::new();
+    for r in ranges {
+        let mut hit: Vec<Pending> = Vec::new();
+        if let Some((_, p)) = painted.range(..=r.start).next_back() {
+            if p.end >= r.start {
+                hit.push(*p);
+            }
+        }
+        hit.extend(
+            painted
+                .range((Excluded(r.start), Included(r.end)))
+                .map(|(_, p)| *p),
+        );
+        for h in hit {
+            painted.remove(&h.start);
+            if h.start < r.start {
+                painted.insert(
+                    h.start,
+                    Pending {
+                        end: r.start - 1,
+                        ..h
+                    },
+                );
+            }
+            if h.end > r.end {
+                painted.insert(
+                    r.end + 1,
+                    Pending {
+                        start: r.end + 1,
+                        ..h
+                    },
+                );
+            }
+        }
+        painted.insert(r.start, r);
+    }
+    painted.into_values().collect()
 }
 
 /// A header line such as `range_start,range_end,...`: a first field that is
@@ -773,7 +847,14 @@ impl AsnDb {
             }
         }
         let organizations = builder.orgs.len();
-        let ranges = builder.build()?;
+        let (ranges, overlaps) = builder.build();
+        if let Some(first) = &overlaps.first {
+            tracing::warn!(
+                count = overlaps.count,
+                first = %first,
+                "ASN database has overlapping ranges; the narrowest range wins"
+            );
+        }
         let (ranges_v4, ranges_v6) = (ranges.v4.starts.len(), ranges.v6.starts.len());
         if mmdbs.is_empty() && ranges_v4 + ranges_v6 == 0 {
             return Err(AsnError::Empty {
@@ -796,6 +877,8 @@ impl AsnDb {
                 ranges_v6,
                 mmdb_nodes,
                 organizations,
+                overlaps_resolved: overlaps.count,
+                first_overlap: overlaps.first,
                 loaded_at: SystemTime::now(),
             },
         })

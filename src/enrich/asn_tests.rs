@@ -354,23 +354,38 @@ fn unsorted_duplicate_and_adjacent_ranges_are_normalized() {
 }
 
 #[test]
-fn conflicting_overlaps_are_rejected_naming_both_lines() {
+fn overlaps_resolve_to_the_narrowest_range_and_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let a = write(
         dir.path(),
         "a.csv",
-        "# comment\n203.0.113.0,203.0.113.255,64500,Corp\n",
+        "# comment\n203.0.113.0,203.0.114.255,64500,Corp\n203.0.113.64,203.0.113.71,64502,Nested\n",
     );
+    // Partial overlap (as in the real ip-location-db data), narrower.
     let b = write(
         dir.path(),
         "b.csv",
-        "203.0.113.128,203.0.114.10,64501,Other\n",
+        "203.0.114.128,203.0.115.10,64501,Other\n",
     );
-    let err = db_from(&[&a, &b], AsnFormat::Auto).unwrap_err();
-    let msg = err.to_string();
-    assert_eq!(err.code(), "overlapping_ranges");
-    assert!(msg.contains("b.csv:1"), "{msg}");
-    assert!(msg.contains("a.csv:2"), "{msg}");
+    let db = db_from(&[&a, &b], AsnFormat::Auto).unwrap();
+    let asn = |s: &str| db.lookup(ip(s)).map(|i| i.number);
+    assert_eq!(asn("203.0.113.0"), Some(64500));
+    assert_eq!(asn("203.0.113.63"), Some(64500));
+    assert_eq!(asn("203.0.113.64"), Some(64502));
+    assert_eq!(asn("203.0.113.71"), Some(64502));
+    assert_eq!(asn("203.0.113.72"), Some(64500));
+    assert_eq!(asn("203.0.114.127"), Some(64500));
+    assert_eq!(asn("203.0.114.128"), Some(64501));
+    assert_eq!(asn("203.0.115.10"), Some(64501));
+    assert_eq!(asn("203.0.115.11"), None);
+    let m = db.metadata();
+    assert_eq!(m.overlaps_resolved, 2);
+    let first = m.first_overlap.as_deref().unwrap();
+    assert!(
+        first.contains("a.csv:3 (AS64502) overlaps") && first.contains("a.csv:2 (AS64500)"),
+        "{first}"
+    );
+    assert_eq!((m.ranges_v4, m.ranges_v6), (4, 0));
 }
 
 #[test]
