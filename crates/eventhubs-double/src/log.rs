@@ -120,7 +120,7 @@ impl StartFilter {
             .strip_prefix("amqp.annotation.x-opt-")
             .ok_or_else(|| err("expected amqp.annotation.x-opt-<field>"))?;
         let name_end = rest
-            .find(|c: char| c == ' ' || c == '>' || c == '=')
+            .find([' ', '>', '='])
             .ok_or_else(|| err("missing operator"))?;
         let field = match &rest[..name_end] {
             "offset" => FilterField::Offset,

@@ -852,6 +852,11 @@ async fn serve_partition(shared: Arc<Shared>, mut sender: Sender, admitted: Admi
     let mut acks: FuturesUnordered<Ack> = FuturesUnordered::new();
 
     let outcome: Option<DetachCommand> = loop {
+        // A pending detach command wins over pending events, so a test that
+        // detaches and then publishes sees the event on the next link only.
+        if let Ok(cmd) = commands.try_recv() {
+            break Some(cmd);
+        }
         while let Some(Some(ack)) = acks.next().now_or_never() {
             if matches!(ack, Ok(Outcome::Accepted(_))) {
                 bump(&shared.cells.accepted);
@@ -886,6 +891,7 @@ async fn serve_partition(shared: Arc<Shared>, mut sender: Sender, admitted: Admi
                 let sent = match sent {
                     Some(r) => r,
                     None => tokio::select! {
+                        biased;
                         r = &mut send => r,
                         cmd = commands.recv() => break cmd,
                     },
@@ -904,6 +910,7 @@ async fn serve_partition(shared: Arc<Shared>, mut sender: Sender, admitted: Admi
             }
             None => {
                 tokio::select! {
+                    biased;
                     cmd = commands.recv() => break cmd,
                     why = sender.on_detach() => {
                         answer_detach(sender, why).await;
