@@ -448,6 +448,11 @@ async fn serve_session(shared: Arc<Shared>, mut session: ListenerSessionHandle) 
             Ok(ep) => ep,
             Err(e) => {
                 tracing::debug!(error = ?e, link = %link_name, "eventhubs-double: attach failed");
+                // Do not let a link that never came up hold the partition's epoch.
+                if let Some(Ok(admitted)) = &partition_request {
+                    let pid = &shared.partitions[admitted.partition].id;
+                    shared.unregister(&admitted.consumer_group, pid, admitted.id);
+                }
                 continue;
             }
         };
