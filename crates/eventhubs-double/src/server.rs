@@ -430,6 +430,7 @@ async fn serve_session(shared: Arc<Shared>, mut session: ListenerSessionHandle) 
             .as_ref()
             .and_then(|t| match t.as_ref() {
                 fe2o3_amqp::types::messaging::TargetArchetype::Target(t) => t.address.clone(),
+                // Coordinator targets exist only with fe2o3's `transaction` feature.
                 #[allow(unreachable_patterns)]
                 _ => None,
             })
