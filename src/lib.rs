@@ -5,3 +5,4 @@
 //! batch) → `sink`. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod event;
+pub mod sink;
