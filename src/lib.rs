@@ -9,4 +9,5 @@ pub mod enrich;
 pub mod event;
 pub mod normalize;
 pub mod rules;
+pub mod sink;
 pub mod store;
