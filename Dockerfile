@@ -20,11 +20,10 @@
 # /var/lib/firstseen (RocksDB keeps its LOCK, WAL and logs inside its own
 # directory) and needs no /tmp.
 #
-# Health check: the runtime image is distroless (no shell, no curl), so a
-# shell-form HEALTHCHECK cannot run. Use the binary itself:
-#   HEALTHCHECK CMD ["/usr/local/bin/firstseen", "healthcheck", "--url", "http://127.0.0.1:9464/healthz"]
-# (left out of the image until the `healthcheck` subcommand ships), or on
-# Kubernetes the HTTP probes in deploy/kubernetes/statefulset.yaml:
+# Health check: the runtime image is distroless (no shell, no curl), so the
+# binary probes itself: `firstseen healthcheck` exits 0 when /readyz answers
+# 200 (`--live` for /healthz). Docker uses the HEALTHCHECK below; on
+# Kubernetes use the HTTP probes in deploy/kubernetes/statefulset.yaml:
 #   livenessProbe  GET /healthz on port 9464  (process alive)
 #   readinessProbe GET /readyz  on port 9464  (RocksDB open, ASN database
 #                  loaded, rules loaded, every partition receiver attached or
@@ -63,5 +62,7 @@ WORKDIR /var/lib/firstseen
 VOLUME ["/var/lib/firstseen"]
 # Prometheus metrics, /healthz and /readyz.
 EXPOSE 9464
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["/usr/local/bin/firstseen", "healthcheck", "--addr", "127.0.0.1:9464"]
 ENTRYPOINT ["/usr/local/bin/firstseen"]
 CMD ["run", "--config", "/etc/firstseen/firstseen.toml"]

@@ -129,8 +129,37 @@ pub struct Decoded<'a> {
 /// Decodes one Event Hubs event body.
 pub fn decode_body<'a>(body: &'a [u8], limits: &DecodeLimits) -> Decoded<'a> {
     let mut out = Decoded::default();
+    let raw_records = match decode_envelope(body, limits) {
+        Ok(records) => records,
+        Err(e) => {
+            out.errors.push(e);
+            return out;
+        }
+    };
+    out.records.reserve(raw_records.len());
+    for (index, raw) in raw_records.into_iter().enumerate() {
+        match decode_record(index, raw) {
+            RecordOutcome::Record(record) => out.records.push(record),
+            RecordOutcome::Empty => out.empty_records += 1,
+            RecordOutcome::Error(e) => out.errors.push(e),
+        }
+    }
+    out
+}
+
+/// The body-level half of [`decode_body`]: checks the limits and splits
+/// the body into its records' JSON texts (validated, not yet parsed), or
+/// returns the one error that makes the whole body undecodable.
+///
+/// # Errors
+/// Every body-level [`DecodeErrorKind`] (size, UTF-8, empty, depth, JSON
+/// syntax, record count).
+pub fn decode_envelope<'a>(
+    body: &'a [u8],
+    limits: &DecodeLimits,
+) -> Result<Vec<&'a RawValue>, DecodeError> {
     if body.len() > limits.max_body_bytes {
-        out.errors.push(DecodeError::body(
+        return Err(DecodeError::body(
             DecodeErrorKind::TooLarge,
             format!(
                 "body is {} bytes, the limit is {}",
@@ -138,44 +167,33 @@ pub fn decode_body<'a>(body: &'a [u8], limits: &DecodeLimits) -> Decoded<'a> {
                 limits.max_body_bytes
             ),
         ));
-        return out;
     }
     let text = match std::str::from_utf8(body) {
         Ok(t) => t,
         Err(e) => {
-            out.errors.push(DecodeError::body(
+            return Err(DecodeError::body(
                 DecodeErrorKind::InvalidUtf8,
                 format!("invalid UTF-8 at byte {}", e.valid_up_to()),
             ));
-            return out;
         }
     };
     // A UTF-8 byte-order mark is not JSON but some exporters write one.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text).trim();
     if text.is_empty() {
-        out.errors
-            .push(DecodeError::body(DecodeErrorKind::EmptyBody, "empty body"));
-        return out;
+        return Err(DecodeError::body(DecodeErrorKind::EmptyBody, "empty body"));
     }
     if let Err(depth) = check_depth(text.as_bytes(), limits.max_depth) {
-        out.errors.push(DecodeError::body(
+        return Err(DecodeError::body(
             DecodeErrorKind::TooDeep,
             format!(
                 "nesting exceeds {} levels (at byte {depth})",
                 limits.max_depth
             ),
         ));
-        return out;
     }
 
     let raw_records: Vec<&'a RawValue> = if text.starts_with('[') {
-        match serde_json::from_str::<Vec<&RawValue>>(text) {
-            Ok(items) => items,
-            Err(e) => {
-                out.errors.push(invalid_json(&e));
-                return out;
-            }
-        }
+        serde_json::from_str::<Vec<&RawValue>>(text).map_err(|e| invalid_json(&e))?
     } else {
         #[derive(Deserialize)]
         struct Envelope<'b> {
@@ -188,18 +206,14 @@ pub fn decode_body<'a>(body: &'a [u8], limits: &DecodeLimits) -> Decoded<'a> {
             }) => items,
             // No `records` key, or one that is not an array: the object is
             // itself one record (Elastic's last fallback). Validate it.
-            Ok(Envelope { records: None }) | Err(_) => match serde_json::from_str(text) {
-                Ok(raw) => vec![raw],
-                Err(e) => {
-                    out.errors.push(invalid_json(&e));
-                    return out;
-                }
-            },
+            Ok(Envelope { records: None }) | Err(_) => {
+                vec![serde_json::from_str(text).map_err(|e| invalid_json(&e))?]
+            }
         }
     };
 
     if raw_records.len() > limits.max_records {
-        out.errors.push(DecodeError::body(
+        return Err(DecodeError::body(
             DecodeErrorKind::TooManyRecords,
             format!(
                 "body carries {} records, the limit is {}",
@@ -207,38 +221,46 @@ pub fn decode_body<'a>(body: &'a [u8], limits: &DecodeLimits) -> Decoded<'a> {
                 limits.max_records
             ),
         ));
-        return out;
     }
+    Ok(raw_records)
+}
 
-    out.records.reserve(raw_records.len());
-    for (index, raw) in raw_records.into_iter().enumerate() {
-        let record_text = raw.get();
-        match serde_json::from_str::<Value>(record_text) {
-            Ok(Value::Object(mut fields)) => {
-                if fields.is_empty() {
-                    out.empty_records += 1;
-                    continue;
-                }
-                if memchr::memmem::find(record_text.as_bytes(), b"\"\":").is_some() {
-                    strip_empty_keys(&mut fields);
-                }
-                out.records.push(RawRecord {
-                    text: record_text,
-                    fields,
-                });
+/// What one record of a body decodes to.
+#[derive(Debug)]
+pub enum RecordOutcome<'a> {
+    Record(RawRecord<'a>),
+    /// An empty object `{}` (skipped, counted).
+    Empty,
+    Error(DecodeError),
+}
+
+/// The record-level half of [`decode_body`]: parses record `index` of a
+/// body (as [`decode_envelope`] returned it).
+pub fn decode_record(index: usize, raw: &RawValue) -> RecordOutcome<'_> {
+    let record_text = raw.get();
+    match serde_json::from_str::<Value>(record_text) {
+        Ok(Value::Object(mut fields)) => {
+            if fields.is_empty() {
+                return RecordOutcome::Empty;
             }
-            Ok(other) => out.errors.push(DecodeError {
-                kind: DecodeErrorKind::NotAnObject,
-                detail: format!("record is a JSON {}, not an object", json_kind(&other)),
-                record_index: Some(index),
-            }),
-            Err(e) => out.errors.push(DecodeError {
-                record_index: Some(index),
-                ..invalid_json(&e)
-            }),
+            if memchr::memmem::find(record_text.as_bytes(), b"\"\":").is_some() {
+                strip_empty_keys(&mut fields);
+            }
+            RecordOutcome::Record(RawRecord {
+                text: record_text,
+                fields,
+            })
         }
+        Ok(other) => RecordOutcome::Error(DecodeError {
+            kind: DecodeErrorKind::NotAnObject,
+            detail: format!("record is a JSON {}, not an object", json_kind(&other)),
+            record_index: Some(index),
+        }),
+        Err(e) => RecordOutcome::Error(DecodeError {
+            record_index: Some(index),
+            ..invalid_json(&e)
+        }),
     }
-    out
 }
 
 fn invalid_json(e: &serde_json::Error) -> DecodeError {

@@ -197,7 +197,11 @@ pub struct NormalizedEvent {
     /// `cloud.region` (location, when it is a real region).
     pub cloud_region: Option<Box<str>>,
     pub subscription_id: Option<Box<str>>,
+    /// `azure.activitylogs.tenant_id`: the record's `tenantId`.
     pub tenant_id: Option<Box<str>>,
+    /// `azure.tenant_id`: the tenant named by a `/tenants/<id>/providers/…`
+    /// resource id (Elastic keeps the two apart).
+    pub resource_tenant_id: Option<Box<str>>,
     pub correlation_id: Option<Box<str>>,
     pub resource_id: Option<Box<str>>,
     pub resource_group: Option<Box<str>>,
@@ -261,7 +265,8 @@ impl NormalizedEvent {
             K::EventDuration => self.event_duration_ns.map(FieldValue::Int),
             K::CloudAccountId | K::AzureSubscriptionId => str_value(&self.subscription_id),
             K::CloudRegion => str_value(&self.cloud_region),
-            K::AzureTenantId | K::ActivityTenantId => str_value(&self.tenant_id),
+            K::AzureTenantId => str_value(&self.resource_tenant_id),
+            K::ActivityTenantId => str_value(&self.tenant_id),
             K::AzureCorrelationId => str_value(&self.correlation_id),
             K::AzureResourceId => str_value(&self.resource_id),
             K::AzureResourceGroup => str_value(&self.resource_group),

@@ -1,1 +1,336 @@
-fn main() {}
+//! The `firstseen` command line. Only this file knows the CLI; everything
+//! else is library code.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use firstseen::config::Config;
+use firstseen::pipeline::{process_body, BodyContext, PipelineStats};
+use firstseen::replay::{load_asn, replay, ReplayOptions};
+use firstseen::source::file::{bodies, expand_paths, read_file};
+use firstseen::store::Store;
+
+/// Streaming New Terms detector for Azure Activity Logs: VM extension
+/// operations from networks not seen before.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the ECS document of every record in the given bodies (NDJSON).
+    Normalize {
+        /// ASN database (mmdb, CSV/TSV ranges, comma-separated list or directory).
+        #[arg(long)]
+        asn_db: Option<String>,
+        /// Files or directories of Event Hubs bodies; `-` for stdin.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run the rules over files of Event Hubs bodies and print alerts (NDJSON).
+    Replay {
+        /// Configuration file (flags below override it; optional).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A rule file or a directory of rule files.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// ASN database.
+        #[arg(long)]
+        asn_db: Option<String>,
+        /// State directory (RocksDB); default: a fresh temporary one.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Update state without emitting alerts (warm-up from archives).
+        #[arg(long)]
+        learn: bool,
+        /// Do not show progress on stderr.
+        #[arg(long)]
+        quiet: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// The service: consume Activity Logs from Event Hubs, alert on new
+    /// terms, deliver alerts to the configured sinks. Runs until SIGTERM.
+    Run {
+        /// Configuration file.
+        #[arg(long, short, env = "FIRSTSEEN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Exit 0 when a running firstseen answers `/readyz` (or `/healthz`
+    /// with --live) with 200: a container health check without curl.
+    Healthcheck {
+        /// The operations server address.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        addr: std::net::SocketAddr,
+        /// Check liveness instead of readiness.
+        #[arg(long)]
+        live: bool,
+    },
+    /// Inspect and manage alerts in a state directory.
+    Alerts {
+        /// State directory (RocksDB).
+        #[arg(long)]
+        state: PathBuf,
+        #[command(subcommand)]
+        action: AlertsAction,
+    },
+    /// Validate the configuration, rules and ASN database; print the
+    /// effective configuration.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsAction {
+    /// List pending (outbox) and dead-lettered alerts.
+    List,
+    /// Print one alert document (pending or dead-lettered) by id.
+    Show { id: String },
+    /// Move dead-lettered alerts back to the outbox (all, or those given).
+    Requeue { ids: Vec<String> },
+    /// Delete every dead-lettered alert.
+    Purge {
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // One-shot commands: terse text logs; `run` sets up its own.
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("firstseen: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Normalize { asn_db, paths } => normalize(asn_db, &paths),
+        Command::Replay {
+            config,
+            rules,
+            asn_db,
+            state,
+            learn,
+            quiet,
+            paths,
+        } => {
+            let mut config = Config::load(config.as_deref(), env_vars())?;
+            if let Some(r) = rules {
+                config.rules.path = r;
+            }
+            if asn_db.is_some() {
+                config.asn.database = asn_db;
+            }
+            let opts = ReplayOptions {
+                config,
+                state_dir: state,
+                learn,
+                paths,
+                progress: !quiet,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut err = std::io::stderr();
+            let summary = replay(&opts, &mut out, &mut err)?;
+            out.flush()?;
+            eprintln!("{summary}");
+            // 3: finished, but some bodies could not be decoded.
+            Ok(if summary.stats.decode_error_total() > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Run { config } => {
+            let config = Config::load(Some(&config), env_vars())?;
+            firstseen::logging::init(&config.log)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                tokio::spawn(firstseen::app::shutdown_on_signals(shutdown.clone()));
+                firstseen::app::run(config, shutdown).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck { addr, live } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let path = if live { "/healthz" } else { "/readyz" };
+            runtime.block_on(firstseen::server::probe(
+                addr,
+                path,
+                std::time::Duration::from_secs(3),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Alerts { state, action } => alerts(&state, action),
+        Command::CheckConfig { config } => {
+            let config = Config::load(config.as_deref(), env_vars())?;
+            let rules = firstseen::rules::rule_file::load_rules(&config.rules.path)?;
+            for r in &rules {
+                eprintln!(
+                    "rule {} ({}): new terms {:?}, window {}",
+                    r.rule_id,
+                    r.name,
+                    r.new_terms_fields,
+                    humantime::format_duration(r.history_window)
+                );
+            }
+            match load_asn(&config)? {
+                Some(db) => eprintln!("asn database: {:?}", db.metadata()),
+                None => eprintln!("asn database: none configured"),
+            }
+            println!(
+                "{}",
+                toml::to_string_pretty(&config).context("rendering the configuration")?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn normalize(asn_db: Option<String>, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut config = Config::default();
+    config.asn.database = asn_db;
+    let asn = load_asn(&config)?;
+    let limits = config.decode.limits();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut stats = PipelineStats::default();
+    let mut candidates = Vec::new();
+    for file in expand_paths(paths)? {
+        let content = read_file(&file)?;
+        for body in bodies(&file, &content) {
+            candidates.clear();
+            let errs = process_body(
+                body.bytes,
+                &BodyContext::default(),
+                &limits,
+                asn.as_ref(),
+                &mut candidates,
+                &mut stats,
+            );
+            for e in errs {
+                let at = body.line.map(|l| format!(":{l}")).unwrap_or_default();
+                eprintln!("{}{at}: decode error: {e}", file.display());
+            }
+            for c in &candidates {
+                serde_json::to_writer(&mut out, &firstseen::normalize::to_ecs_json(&c.event))?;
+                out.write_all(b"\n")?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(if stats.decode_error_total() > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn alerts(state: &std::path::Path, action: AlertsAction) -> anyhow::Result<ExitCode> {
+    if !state.join("CURRENT").exists() {
+        anyhow::bail!("{}: no firstseen state here", state.display());
+    }
+    let store = Store::open(state)?;
+    match action {
+        AlertsAction::List => {
+            let pending = store.outbox_all()?;
+            let dead = store.dead_letters()?;
+            println!("{} pending, {} dead-lettered", pending.len(), dead.len());
+            for (sink, row) in &pending {
+                println!(
+                    "pending  {sink}  {}  created {}",
+                    row.id,
+                    firstseen::normalize::format_timestamp(row.created_at_ms)
+                );
+            }
+            for d in &dead {
+                println!(
+                    "dead     {}  {}  reason {}  status {}  attempts {}  {}",
+                    d.sink,
+                    d.alert.id,
+                    d.reason,
+                    d.status.map_or("-".into(), |s| s.to_string()),
+                    d.attempts,
+                    d.response_excerpt.chars().take(80).collect::<String>()
+                );
+            }
+        }
+        AlertsAction::Show { id } => {
+            let found = store
+                .outbox_all()?
+                .into_iter()
+                .map(|(_, row)| row)
+                .find(|r| r.id == id)
+                .or_else(|| {
+                    store
+                        .dead_letters()
+                        .ok()?
+                        .into_iter()
+                        .map(|d| d.alert)
+                        .find(|r| r.id == id)
+                });
+            match found {
+                Some(row) => println!("{}", row.body),
+                None => anyhow::bail!("no alert with id {id}"),
+            }
+        }
+        AlertsAction::Requeue { ids } => {
+            let mut n = 0;
+            for d in store.dead_letters()? {
+                if (ids.is_empty() || ids.contains(&d.alert.id))
+                    && store.requeue_dead_letter(&d.sink, d.alert.seq)?
+                {
+                    n += 1;
+                }
+            }
+            println!("requeued {n} alerts");
+        }
+        AlertsAction::Purge { yes } => {
+            if !yes {
+                anyhow::bail!(
+                    "purge deletes every dead-lettered alert for good; run again with --yes"
+                );
+            }
+            println!(
+                "purged {} dead-lettered alerts",
+                store.purge_dead_letters()?
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

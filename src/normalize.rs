@@ -179,25 +179,15 @@ pub fn normalize(record: RawRecord<'_>, ctx: RecordContext) -> (NormalizedEvent,
 
     // Outcome: resultType success/failure (any case), else properties.result.
     let result_type = fields.get("resultType").and_then(scalar_string);
-    if let Some(rt) = fields.get("resultType").and_then(Value::as_str) {
-        if rt.eq_ignore_ascii_case("success") {
-            ev.event_outcome = Some(Outcome::Success);
-        } else if rt.eq_ignore_ascii_case("failure") {
-            ev.event_outcome = Some(Outcome::Failure);
-        }
-    }
-    if ev.event_outcome.is_none() {
-        ev.event_outcome = match props
-            .as_ref()
-            .and_then(|p| p.get("result"))
-            .and_then(Value::as_str)
-        {
-            Some("success") => Some(Outcome::Success),
-            Some("failure") => Some(Outcome::Failure),
-            Some("unknown") => Some(Outcome::Unknown),
-            _ => None,
-        };
-    }
+    ev.event_outcome = outcome_from_result_type(fields.get("resultType").and_then(Value::as_str))
+        .or_else(|| {
+            outcome_from_properties_result(
+                props
+                    .as_ref()
+                    .and_then(|p| p.get("result"))
+                    .and_then(Value::as_str),
+            )
+        });
     if ev.event_outcome.is_none() {
         notes.outcome_unmapped = result_type.as_deref().map(UnmappedOutcome::classify);
     }
@@ -247,6 +237,354 @@ pub fn normalize(record: RawRecord<'_>, ctx: RecordContext) -> (NormalizedEvent,
     }
 
     (ev, notes)
+}
+
+/// `event.outcome` from a string `resultType` (any case).
+fn outcome_from_result_type(result_type: Option<&str>) -> Option<Outcome> {
+    let rt = result_type?;
+    if rt.eq_ignore_ascii_case("success") {
+        Some(Outcome::Success)
+    } else if rt.eq_ignore_ascii_case("failure") {
+        Some(Outcome::Failure)
+    } else {
+        None
+    }
+}
+
+/// `event.outcome` from a string `properties.result` (exact case).
+fn outcome_from_properties_result(result: Option<&str>) -> Option<Outcome> {
+    match result? {
+        "success" => Some(Outcome::Success),
+        "failure" => Some(Outcome::Failure),
+        "unknown" => Some(Outcome::Unknown),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Summary without normalizing
+
+/// What [`normalize`] would note about a record, and the caller it would
+/// extract, read from the record's JSON text without building the event.
+/// The pipeline counts these for records the raw prefilter skips, so the
+/// counters are the same whether or not a record was normalized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordSummary {
+    /// The record is `{}` (decode skips and counts it).
+    pub empty: bool,
+    pub notes: NormalizeNotes,
+    /// `source.ip`.
+    pub source_ip: Option<IpAddr>,
+    /// Whether `source.address` would be set.
+    pub source_address: bool,
+}
+
+/// Summarizes one record's JSON text. `None` when the text is not a JSON
+/// object (the caller then decodes it fully, which reports the error).
+pub fn summarize_record(text: &str) -> Option<RecordSummary> {
+    let top: summary::Top<'_> = serde_json::from_str(text).ok()?;
+    Some(summarize_top(&top))
+}
+
+/// [`summarize_record`] from the members it reads, however they were
+/// found (serde here, the fast body scanner in `crate::scan`).
+pub(crate) fn summarize_top(top: &summary::Top<'_>) -> RecordSummary {
+    let mut notes = NormalizeNotes {
+        timestamp_fallback: !matches!(&top.time, Some(summary::Scalar::Str(t)) if parse_time(t).is_some()),
+        outcome_unmapped: None,
+    };
+    let result_type_str = match &top.result_type {
+        Some(summary::Scalar::Str(s)) => Some(s.as_ref()),
+        _ => None,
+    };
+    let mut outcome = outcome_from_result_type(result_type_str);
+    if outcome.is_none() {
+        // The properties' `result`, from an object or a JSON string
+        // holding one, as `normalize` reads it.
+        let owned;
+        let props = match &top.properties {
+            Some(summary::Props::Str(s)) => {
+                owned = serde_json::from_str::<summary::Props<'_>>(s).ok();
+                owned.as_ref()
+            }
+            other => other.as_ref(),
+        };
+        if let Some(summary::Props::Object {
+            result: Some(summary::Scalar::Str(r)),
+        }) = props
+        {
+            outcome = outcome_from_properties_result(Some(r));
+        }
+    }
+    if outcome.is_none() {
+        // `scalar_string` of resultType, classified; a number or boolean
+        // is never one of the named outcomes.
+        notes.outcome_unmapped = match &top.result_type {
+            Some(summary::Scalar::Str(s)) => Some(UnmappedOutcome::classify(s)),
+            Some(summary::Scalar::Other) => Some(UnmappedOutcome::Other),
+            _ => None,
+        };
+    }
+    let (source_ip, source_address) = match &top.caller {
+        Some(summary::Scalar::Str(s)) => {
+            let parts = parse_caller(s);
+            (parts.ip, parts.address)
+        }
+        Some(summary::Scalar::Other) => (None, true),
+        _ => (None, false),
+    };
+    RecordSummary {
+        empty: top.entries == 0,
+        notes,
+        source_ip,
+        source_address,
+    }
+}
+
+/// Borrowing readers for [`summarize_record`]: the few top-level members
+/// it needs, everything else skipped unparsed. Duplicate keys: the last
+/// wins, as in the `serde_json::Map` that [`normalize`] reads.
+pub(crate) mod summary {
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde::Deserialize;
+
+    /// Any JSON value, parsed (so validated exactly as `serde_json::Value`
+    /// parsing validates: string escapes and surrogates, number range,
+    /// nesting) and dropped without allocating. `IgnoredAny` would skip
+    /// without those checks and accept records `normalize` never sees.
+    struct Skip;
+
+    impl<'de> Deserialize<'de> for Skip {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Skip;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                    Ok(Skip)
+                }
+                fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                    Ok(Skip)
+                }
+                fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                    Ok(Skip)
+                }
+                fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                    Ok(Skip)
+                }
+                fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                    Ok(Skip)
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                    Ok(Skip)
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                    while seq.next_element::<Skip>()?.is_some() {}
+                    Ok(Skip)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    while map.next_entry::<Skip, Skip>()?.is_some() {}
+                    Ok(Skip)
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// A member value, as far as the summary cares.
+    #[derive(Debug)]
+    pub(crate) enum Scalar<'a> {
+        Str(Cow<'a, str>),
+        /// A number or a boolean.
+        Other,
+        /// null, an array or an object.
+        NotScalar,
+    }
+
+    impl<'de> Deserialize<'de> for Scalar<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Scalar<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                    Ok(Scalar::Str(Cow::Borrowed(v)))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                    Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+                }
+                fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                    Ok(Scalar::Str(Cow::Owned(v)))
+                }
+                fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                    Ok(Scalar::Other)
+                }
+                fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                    Ok(Scalar::Other)
+                }
+                fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                    Ok(Scalar::Other)
+                }
+                fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                    Ok(Scalar::Other)
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                    Ok(Scalar::NotScalar)
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                    while seq.next_element::<Skip>()?.is_some() {}
+                    Ok(Scalar::NotScalar)
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    while map.next_entry::<Skip, Skip>()?.is_some() {}
+                    Ok(Scalar::NotScalar)
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// `properties`: an object (only `result` kept), a string (maybe JSON
+    /// text of an object), or anything else.
+    #[derive(Debug)]
+    pub(crate) enum Props<'a> {
+        Object { result: Option<Scalar<'a>> },
+        Str(Cow<'a, str>),
+        Other,
+    }
+
+    impl<'de> Deserialize<'de> for Props<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Props<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("any JSON value")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut result = None;
+                    while let Some(key) = map.next_key::<Key>()? {
+                        if key.0 == Some("result") {
+                            result = Some(map.next_value::<Scalar<'de>>()?);
+                        } else {
+                            map.next_value::<Skip>()?;
+                        }
+                    }
+                    Ok(Props::Object { result })
+                }
+                fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                    Ok(Props::Str(Cow::Borrowed(v)))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                    Ok(Props::Str(Cow::Owned(v.to_owned())))
+                }
+                fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                    Ok(Props::Str(Cow::Owned(v)))
+                }
+                fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                    Ok(Props::Other)
+                }
+                fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                    Ok(Props::Other)
+                }
+                fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                    Ok(Props::Other)
+                }
+                fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                    Ok(Props::Other)
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                    Ok(Props::Other)
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                    while seq.next_element::<Skip>()?.is_some() {}
+                    Ok(Props::Other)
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// A member name, matched against the few the summary reads without
+    /// allocating (escaped names are unescaped by serde_json first).
+    struct Key(Option<&'static str>);
+
+    const NAMES: &[&str] = &[
+        "time",
+        "resultType",
+        "callerIpAddress",
+        "properties",
+        "result",
+    ];
+
+    impl<'de> Deserialize<'de> for Key {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Key;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a member name")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                    Ok(Key(NAMES.iter().find(|n| **n == v).copied()))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    /// The record's top level.
+    pub(crate) struct Top<'a> {
+        pub entries: usize,
+        pub time: Option<Scalar<'a>>,
+        pub result_type: Option<Scalar<'a>>,
+        pub caller: Option<Scalar<'a>>,
+        pub properties: Option<Props<'a>>,
+    }
+
+    impl<'de> Deserialize<'de> for Top<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Top<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    let mut top = Top {
+                        entries: 0,
+                        time: None,
+                        result_type: None,
+                        caller: None,
+                        properties: None,
+                    };
+                    while let Some(key) = map.next_key::<Key>()? {
+                        top.entries += 1;
+                        match key.0 {
+                            Some("time") => top.time = Some(map.next_value()?),
+                            Some("resultType") => top.result_type = Some(map.next_value()?),
+                            Some("callerIpAddress") => top.caller = Some(map.next_value()?),
+                            Some("properties") => top.properties = Some(map.next_value()?),
+                            _ => {
+                                map.next_value::<Skip>()?;
+                            }
+                        }
+                    }
+                    Ok(top)
+                }
+            }
+            // Only an object is a record; anything else fails here and
+            // is decoded (and reported) by the full path.
+            d.deserialize_map(V)
+        }
+    }
 }
 
 fn take_string(fields: &mut Map<String, Value>, key: &str) -> Option<String> {
@@ -304,25 +642,49 @@ fn apply_caller(caller: &Value, ev: &mut NormalizedEvent) {
         }
         return;
     };
+    let parsed = parse_caller(raw);
+    ev.source_ip = parsed.ip;
+    ev.source_port = parsed.port;
+    if parsed.address {
+        ev.source_address = Some(raw.into());
+    }
+}
+
+/// What a string `callerIpAddress` yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CallerParts {
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+    /// The text goes to `source.address` (it is not a bare IP literal).
+    address: bool,
+}
+
+fn parse_caller(raw: &str) -> CallerParts {
+    let mut out = CallerParts {
+        ip: None,
+        port: None,
+        address: false,
+    };
     let trimmed = raw.trim();
     // Placeholders for "no caller" (plain or HTML-escaped) are no address.
     if trimmed.is_empty()
         || trimmed.eq_ignore_ascii_case("<null>")
         || trimmed.eq_ignore_ascii_case("&lt;null&gt;")
     {
-        return;
+        return out;
     }
     if let Ok(ip) = trimmed.parse::<IpAddr>() {
-        ev.source_ip = Some(ip);
-        return;
+        out.ip = Some(ip);
+        return out;
     }
     // Deviation 3: `a.b.c.d:port` and `[v6]:port` only. SocketAddr's parser
     // accepts exactly these two forms, never a bare IPv6 with a colon split.
     if let Ok(sock) = trimmed.parse::<SocketAddr>() {
-        ev.source_ip = Some(sock.ip());
-        ev.source_port = Some(sock.port());
+        out.ip = Some(sock.ip());
+        out.port = Some(sock.port());
     }
-    ev.source_address = Some(raw.into());
+    out.address = true;
+    out
 }
 
 // ---------------------------------------------------------------------------
@@ -551,7 +913,7 @@ fn apply_resource_id(id: &str, ev: &mut NormalizedEvent) {
             if rest.len() > "/providers/".len()
                 && rest[.."/providers/".len()].eq_ignore_ascii_case("/providers/")
             {
-                ev.tenant_id.get_or_insert_with(|| after[..glen].into());
+                ev.resource_tenant_id = Some(after[..glen].into());
                 ev.resource_provider = Some(rest["/providers/".len()..].into());
                 return;
             }
@@ -849,7 +1211,7 @@ pub fn to_ecs_json(ev: &NormalizedEvent) -> Value {
         ("cloud.account.id", s(&ev.subscription_id)),
         ("cloud.resource_id", s(&ev.resource_id)),
         ("azure.subscription_id", s(&ev.subscription_id)),
-        ("azure.tenant_id", s(&ev.tenant_id)),
+        ("azure.tenant_id", s(&ev.resource_tenant_id)),
         ("azure.correlation_id", s(&ev.correlation_id)),
         ("azure.resource.id", s(&ev.resource_id)),
         ("azure.resource.group", s(&ev.resource_group)),

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
-    DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DataBlockIndexType,
+    Direction, IteratorMode, Options, WriteBatch, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -124,6 +124,8 @@ pub struct OutboxRow {
 /// An alert that could not be delivered, with why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetterRow {
+    /// The sink that gave up.
+    pub sink: String,
     pub alert: OutboxRow,
     pub reason: String,
     pub status: Option<u16>,
@@ -161,6 +163,91 @@ pub struct Store {
     next_seq: AtomicU64,
 }
 
+/// RocksDB settings of the `terms` column family, the only one that grows
+/// with the data (BENCHMARKS.md, "State scale", measures them at 10
+/// million terms).
+///
+/// Terms are small (a ~60-byte key, a 17-byte value) and read by point
+/// lookups only, most of them for keys that do not exist yet (every new
+/// term is a miss first), so the defaults are:
+/// - a whole-key Bloom filter, 10 bits/key (~1% false positives), so a miss
+///   is answered from the filter without reading a data block;
+/// - index and filter blocks charged to the block cache, with level-0
+///   ones pinned, so memory stays bounded by the cache size as the term
+///   count grows instead of growing with the number of SST files;
+/// - a 64 MiB LRU block cache for data, index and filter blocks;
+/// - a hash index inside data blocks (binary search replaced by a hash
+///   probe for point lookups);
+/// - LZ4 compression: keys share long prefixes (rule id, length fields),
+///   which RocksDB's prefix encoding removes; LZ4 takes the rest at little
+///   CPU cost;
+/// - a whole-key Bloom filter on the memtable, so recently written terms
+///   are found, and absent ones rejected, without a memtable search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreTuning {
+    /// Block cache for the term column family, in bytes.
+    pub block_cache_bytes: usize,
+    /// Bloom filter bits per key; 0 disables the filter.
+    pub bloom_bits_per_key: f64,
+    /// Charge index and filter blocks to the block cache (bounded memory)
+    /// rather than keeping them in table readers outside it.
+    pub cache_index_and_filter_blocks: bool,
+    /// Hash index in data blocks for point lookups.
+    pub data_block_hash_index: bool,
+    /// LZ4 compression of data blocks (false: none).
+    pub lz4: bool,
+    /// Data block size, in bytes.
+    pub block_size: usize,
+    /// Memtable whole-key Bloom filter (as a share of the memtable size;
+    /// 0 disables it).
+    pub memtable_bloom_ratio: f64,
+}
+
+impl Default for StoreTuning {
+    fn default() -> Self {
+        StoreTuning {
+            block_cache_bytes: 64 << 20,
+            bloom_bits_per_key: 10.0,
+            cache_index_and_filter_blocks: true,
+            data_block_hash_index: true,
+            lz4: true,
+            block_size: 4096,
+            memtable_bloom_ratio: 0.02,
+        }
+    }
+}
+
+impl StoreTuning {
+    fn term_options(&self) -> Options {
+        let cache = Cache::new_lru_cache(self.block_cache_bytes);
+        let mut block = BlockBasedOptions::default();
+        if self.bloom_bits_per_key > 0.0 {
+            block.set_bloom_filter(self.bloom_bits_per_key, false);
+            block.set_whole_key_filtering(true);
+        }
+        block.set_block_cache(&cache);
+        block.set_block_size(self.block_size);
+        block.set_cache_index_and_filter_blocks(self.cache_index_and_filter_blocks);
+        block.set_pin_l0_filter_and_index_blocks_in_cache(self.cache_index_and_filter_blocks);
+        if self.data_block_hash_index {
+            block.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
+            block.set_data_block_hash_ratio(0.75);
+        }
+        let mut opts = Options::default();
+        opts.set_block_based_table_factory(&block);
+        opts.set_compression_type(if self.lz4 {
+            DBCompressionType::Lz4
+        } else {
+            DBCompressionType::None
+        });
+        if self.memtable_bloom_ratio > 0.0 {
+            opts.set_memtable_prefix_bloom_ratio(self.memtable_bloom_ratio);
+            opts.set_memtable_whole_key_filtering(true);
+        }
+        opts
+    }
+}
+
 /// Length-prefixed key for a term: `rule_id` then each value, so
 /// `("a|b","c")` and `("a","b|c")` can never collide.
 pub fn term_key(rule_id: &str, values: &[&[u8]]) -> Vec<u8> {
@@ -186,25 +273,23 @@ impl Store {
     /// A directory holding a RocksDB that firstseen did not create is
     /// refused (BR-10), as is an unknown format version.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_tuned(path, &StoreTuning::default())
+    }
+
+    /// [`Store::open`] with explicit RocksDB settings for the term column
+    /// family (benchmarks compare settings; the defaults are what the
+    /// service uses).
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_tuned(path: &Path, tuning: &StoreTuning) -> Result<Store, StoreError> {
         let existed = path.join("CURRENT").exists();
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
         db_opts.set_keep_log_file_num(4);
         db_opts.set_max_total_wal_size(64 << 20);
-
-        // Terms: point lookups dominate, so a whole-key Bloom filter (10
-        // bits/key ≈ 1% false positives) lets "never seen" answer without
-        // reading a data block; the block cache keeps hot terms in memory.
-        let cache = Cache::new_lru_cache(64 << 20);
-        let mut block = BlockBasedOptions::default();
-        block.set_bloom_filter(10.0, false);
-        block.set_block_cache(&cache);
-        block.set_cache_index_and_filter_blocks(true);
-        let mut term_opts = Options::default();
-        term_opts.set_block_based_table_factory(&block);
-        term_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        term_opts.optimize_for_point_lookup(64);
+        let term_opts = tuning.term_options();
 
         let cfs: Vec<ColumnFamilyDescriptor> = ALL_CFS
             .iter()
@@ -284,15 +369,17 @@ impl Store {
             .expect("every column family is opened in Store::open")
     }
 
+    /// The highest sequence number used in a column family. Keys end in the
+    /// 8-byte sequence number; outbox keys are per-sink prefixed, so the
+    /// whole (small) family is scanned.
     fn last_seq(&self, cf: &str) -> Result<Option<u64>, StoreError> {
-        let mut it = self.db.iterator_cf(self.cf(cf), IteratorMode::End);
-        match it.next() {
-            Some(item) => {
-                let (k, _) = item?;
-                Ok(Some(seq_from_key(&k)?))
-            }
-            None => Ok(None),
+        let mut max = None;
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+            let (k, _) = item?;
+            let seq = seq_from_key(&k[k.len().saturating_sub(8)..])?;
+            max = max.max(Some(seq));
         }
+        Ok(max)
     }
 
     /// Reserves the next outbox/dead-letter sequence number.
@@ -353,9 +440,13 @@ impl Store {
         w.terms += 1;
     }
 
-    pub fn put_alert(&self, w: &mut BatchWrite, row: &OutboxRow) {
-        w.batch
-            .put_cf(self.cf(CF_OUTBOX), row.seq.to_be_bytes(), encode_json(row));
+    /// Queues an alert for one sink (call once per configured sink).
+    pub fn put_alert(&self, w: &mut BatchWrite, sink: &str, row: &OutboxRow) {
+        w.batch.put_cf(
+            self.cf(CF_OUTBOX),
+            outbox_key(sink, row.seq),
+            encode_json(row),
+        );
         w.alerts += 1;
     }
 
@@ -412,24 +503,60 @@ impl Store {
     }
 
     // -- outbox --------------------------------------------------------------
+    //
+    // Each sink drains its own queue (see `sink` module doc): an outbox or
+    // dead-letter key is `len(sink) ‖ sink ‖ seq (u64 BE)`, so one prefix
+    // scan yields one sink's alerts in creation order.
 
-    /// Pending alerts in creation order, after `after` (exclusive).
+    /// Pending alerts of one sink in creation order, after `after`
+    /// (exclusive).
     pub fn outbox_pending(
         &self,
+        sink: &str,
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<OutboxRow>, StoreError> {
-        let start = after.map_or(0, |s| s.saturating_add(1)).to_be_bytes();
+        let start = outbox_key(sink, after.map_or(0, |s| s.saturating_add(1)));
+        let prefix = sink_prefix(sink);
         let mode = IteratorMode::From(&start, Direction::Forward);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_OUTBOX), mode).take(limit) {
-            let (_, v) = item?;
+        for item in self.db.iterator_cf(self.cf(CF_OUTBOX), mode) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
             out.push(decode_json("outbox", &v)?);
         }
         Ok(out)
     }
 
-    pub fn outbox_count(&self) -> Result<u64, StoreError> {
+    /// Every pending alert of every sink: `(sink, row)` in key order.
+    pub fn outbox_all(&self) -> Result<Vec<(String, OutboxRow)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start) {
+            let (k, v) = item?;
+            out.push((sink_from_key(&k)?, decode_json("outbox", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Alerts waiting for one sink.
+    pub fn outbox_count(&self, sink: &str) -> Result<u64, StoreError> {
+        let prefix = sink_prefix(sink);
+        let mode = IteratorMode::From(&prefix, Direction::Forward);
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(CF_OUTBOX), mode) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Alerts waiting for any sink (one per sink and alert).
+    pub fn outbox_count_all(&self) -> Result<u64, StoreError> {
         let mut n = 0;
         for item in self.db.iterator_cf(self.cf(CF_OUTBOX), IteratorMode::Start) {
             item?;
@@ -438,32 +565,36 @@ impl Store {
         Ok(n)
     }
 
-    pub fn outbox_get(&self, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
-        match self.db.get_cf(self.cf(CF_OUTBOX), seq.to_be_bytes())? {
+    pub fn outbox_get(&self, sink: &str, seq: u64) -> Result<Option<OutboxRow>, StoreError> {
+        match self.db.get_cf(self.cf(CF_OUTBOX), outbox_key(sink, seq))? {
             Some(v) => decode_json("outbox", &v).map(Some),
             None => Ok(None),
         }
     }
 
-    /// Removes a delivered alert.
-    pub fn outbox_remove(&self, seq: u64) -> Result<(), StoreError> {
-        self.db.delete_cf(self.cf(CF_OUTBOX), seq.to_be_bytes())?;
-        Ok(())
-    }
-
-    /// Moves an alert from the outbox to the dead letters atomically.
-    pub fn dead_letter(&self, row: DeadLetterRow) -> Result<(), StoreError> {
+    /// Removes an alert that `sink` delivered (absent is not an error).
+    pub fn outbox_remove(&self, sink: &str, seq: u64) -> Result<(), StoreError> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
         let mut batch = WriteBatch::default();
-        batch.delete_cf(self.cf(CF_OUTBOX), row.alert.seq.to_be_bytes());
-        batch.put_cf(
-            self.cf(CF_DEAD_LETTERS),
-            row.alert.seq.to_be_bytes(),
-            encode_json(&row),
-        );
-        self.db.write(batch)?;
+        batch.delete_cf(self.cf(CF_OUTBOX), outbox_key(sink, seq));
+        self.db.write_opt(batch, &opts)?;
         Ok(())
     }
 
+    /// Moves an alert from a sink's outbox to the dead letters atomically.
+    pub fn dead_letter(&self, row: DeadLetterRow) -> Result<(), StoreError> {
+        let key = outbox_key(&row.sink, row.alert.seq);
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(CF_OUTBOX), &key);
+        batch.put_cf(self.cf(CF_DEAD_LETTERS), &key, encode_json(&row));
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// Every dead letter, per sink in creation order.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, StoreError> {
         let mut out = Vec::new();
         for item in self
@@ -476,22 +607,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Moves a dead letter back to the outbox under a new sequence number
-    /// (so it is retried after what is already pending). Returns false when
-    /// there is no such dead letter.
-    pub fn requeue_dead_letter(&self, seq: u64) -> Result<bool, StoreError> {
+    /// Moves a dead letter back to its sink's outbox under a new sequence
+    /// number (so it is retried after what is already pending). Returns
+    /// false when there is no such dead letter.
+    pub fn requeue_dead_letter(&self, sink: &str, seq: u64) -> Result<bool, StoreError> {
         let cf_dead = self.cf(CF_DEAD_LETTERS);
-        let Some(v) = self.db.get_cf(cf_dead, seq.to_be_bytes())? else {
+        let key = outbox_key(sink, seq);
+        let Some(v) = self.db.get_cf(cf_dead, &key)? else {
             return Ok(false);
         };
         let dead: DeadLetterRow = decode_json("dead letter", &v)?;
         let mut alert = dead.alert;
         alert.seq = self.next_seq();
         let mut batch = WriteBatch::default();
-        batch.delete_cf(cf_dead, seq.to_be_bytes());
+        batch.delete_cf(cf_dead, &key);
         batch.put_cf(
             self.cf(CF_OUTBOX),
-            alert.seq.to_be_bytes(),
+            outbox_key(sink, alert.seq),
             encode_json(&alert),
         );
         self.db.write(batch)?;
@@ -532,6 +664,32 @@ impl BatchWrite {
     pub fn alerts(&self) -> usize {
         self.alerts
     }
+}
+
+/// `len(sink) ‖ sink`: the key prefix of one sink's outbox rows. Sink names
+/// are validated to at most 64 ASCII characters.
+fn sink_prefix(sink: &str) -> Vec<u8> {
+    let name = &sink.as_bytes()[..sink.len().min(255)];
+    let mut out = Vec::with_capacity(1 + name.len() + 8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out
+}
+
+fn outbox_key(sink: &str, seq: u64) -> Vec<u8> {
+    let mut key = sink_prefix(sink);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn sink_from_key(k: &[u8]) -> Result<String, StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        what: "outbox key",
+        detail: format!("{} bytes", k.len()),
+    };
+    let len = usize::from(*k.first().ok_or_else(corrupt)?);
+    let name = k.get(1..1 + len).ok_or_else(corrupt)?;
+    Ok(String::from_utf8_lossy(name).into_owned())
 }
 
 fn seq_from_key(k: &[u8]) -> Result<u64, StoreError> {
@@ -588,6 +746,7 @@ mod tests {
             let seq = store.next_seq();
             store.put_alert(
                 &mut w,
+                "soar",
                 &OutboxRow {
                     seq,
                     id: "a1".into(),
@@ -613,7 +772,7 @@ mod tests {
         let key = term_key("rule", &[b"vm1", b"64500"]);
         assert_eq!(store.get_term(&key).unwrap().unwrap().last_seen_ms, 5);
         assert_eq!(store.checkpoint("0").unwrap().unwrap().sequence_number, 7);
-        let pending = store.outbox_pending(None, 10).unwrap();
+        let pending = store.outbox_pending("soar", None, 10).unwrap();
         assert_eq!(pending.len(), 1);
         // Sequence numbers continue after a reopen.
         assert!(store.next_seq() > pending[0].seq);
@@ -625,49 +784,61 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut w = BatchWrite::default();
         for id in ["a", "b", "c"] {
-            let seq = store.next_seq();
-            store.put_alert(
-                &mut w,
-                &OutboxRow {
-                    seq,
-                    id: id.into(),
-                    created_at_ms: 0,
-                    body: "{}".into(),
-                },
-            );
+            let row = OutboxRow {
+                seq: store.next_seq(),
+                id: id.into(),
+                created_at_ms: 0,
+                body: "{}".into(),
+            };
+            // Each sink gets its own copy, drained independently.
+            store.put_alert(&mut w, "soar", &row);
+            store.put_alert(&mut w, "so", &row);
         }
         store.commit(w).unwrap();
-        let rows = store.outbox_pending(None, 10).unwrap();
+        let rows = store.outbox_pending("soar", None, 10).unwrap();
         assert_eq!(
             rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
+        assert_eq!(store.outbox_pending("soar", None, 2).unwrap().len(), 2);
         assert_eq!(
-            store.outbox_pending(Some(rows[0].seq), 10).unwrap().len(),
+            store
+                .outbox_pending("soar", Some(rows[0].seq), 10)
+                .unwrap()
+                .len(),
             2
         );
-        store.outbox_remove(rows[0].seq).unwrap();
+        store.outbox_remove("soar", rows[0].seq).unwrap();
         store
             .dead_letter(DeadLetterRow {
+                sink: "soar".into(),
                 alert: rows[1].clone(),
-                reason: "4xx".into(),
+                reason: "rejected".into(),
                 status: Some(400),
                 response_excerpt: "bad".into(),
                 attempts: 1,
                 dead_lettered_at_ms: 0,
             })
             .unwrap();
-        assert_eq!(store.outbox_count().unwrap(), 1);
+        assert_eq!(store.outbox_count("soar").unwrap(), 1);
+        // The other sink (whose name is a prefix of the first) is untouched.
+        assert_eq!(store.outbox_count("so").unwrap(), 3);
+        assert_eq!(store.outbox_all().unwrap().len(), 4);
         assert_eq!(store.dead_letters().unwrap().len(), 1);
-        assert!(store.requeue_dead_letter(rows[1].seq).unwrap());
-        assert!(!store.requeue_dead_letter(rows[1].seq).unwrap());
-        let pending = store.outbox_pending(None, 10).unwrap();
+        assert!(store.requeue_dead_letter("soar", rows[1].seq).unwrap());
+        assert!(!store.requeue_dead_letter("soar", rows[1].seq).unwrap());
+        let pending = store.outbox_pending("soar", None, 10).unwrap();
         // Requeued alerts go to the back of the queue.
         assert_eq!(
             pending.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
             ["c", "b"]
         );
         assert_eq!(store.purge_dead_letters().unwrap(), 0);
+        // Sequence numbers continue after a reopen.
+        let last = pending[1].seq;
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.next_seq() > last);
     }
 
     #[test]

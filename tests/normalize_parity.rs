@@ -114,11 +114,14 @@ const OLDER_PIPELINE: &[(&str, usize, &str, &str)] = &[
         "azure.resource.id",
         "legacy field not written by that version",
     ),
+    // The response-body fixture's pipeline version dropped a string
+    // `properties.responseBody`; newer versions json-parse it in place
+    // (627146b1 expects the parsed object), which we follow.
     (
-        "bdc38828",
-        1,
-        "azure.tenant_id",
-        "tenant from /tenants/ resource ids",
+        "0ff325ce",
+        0,
+        "azure.activitylogs.properties",
+        "older pipeline dropped properties.responseBody",
     ),
 ];
 
@@ -240,8 +243,25 @@ fn mixed_case_resource_ids_parse_like_the_newest_pipeline() {
     // newer `(?i)` ones do, and we follow the newer.
     let lines = read_lines("4f2b318e/test-activitylogs-mixedcase-resourceid.log");
     let doc = normalize_line(&lines[0]);
-    assert_eq!(get(&doc, "azure.resource.group").unwrap(), "sa-hema");
-    assert_eq!(get(&doc, "azure.resource.name").unwrap(), "azurelsevents");
+    assert_eq!(
+        get(&doc, "azure.resource.group").unwrap(),
+        "my-resource-group"
+    );
+    assert_eq!(get(&doc, "azure.resource.name").unwrap(), "my-app-service");
+    assert_eq!(
+        get(&doc, "azure.subscription_id").unwrap(),
+        "12345678-1234-1234-1234-123456789abc"
+    );
+    // `/TeNaNtS/<id>/PrOvIdErS/<p>`: tenant and provider, any case.
+    let doc = normalize_line(&lines[1]);
+    assert_eq!(
+        get(&doc, "azure.tenant_id").unwrap(),
+        "ffffffff-aaaa-bbbb-cccc-dddddddddddd"
+    );
+    assert_eq!(
+        get(&doc, "azure.resource.provider").unwrap(),
+        "Microsoft.aadiam"
+    );
 }
 
 #[test]

@@ -160,6 +160,12 @@ fn config(addr: SocketAddr, extra: &str) -> WebhookConfig {
     } else {
         format!("signing_secrets = [{{ value = \"{SECRET_A}\" }}]")
     };
+    // Defaults a test may override through `extra`.
+    let request_timeout = if extra.contains("request_timeout") {
+        ""
+    } else {
+        "request_timeout = \"10s\""
+    };
     let text = format!(
         r#"
         type = "webhook"
@@ -167,7 +173,7 @@ fn config(addr: SocketAddr, extra: &str) -> WebhookConfig {
         url = "http://{addr}/hook"
         allow_insecure_http = true
         {secrets}
-        request_timeout = "10s"
+        {request_timeout}
         connect_timeout = "2s"
         {extra}
         "#
@@ -179,7 +185,6 @@ fn config(addr: SocketAddr, extra: &str) -> WebhookConfig {
 }
 
 struct Running {
-    outbox: Arc<MemoryOutbox>,
     stats: Arc<SinkStats>,
     wake: Wakeup,
     stop: CancellationToken,
@@ -201,7 +206,6 @@ fn start(
     let stop = CancellationToken::new();
     let task = tokio::spawn(sink.run(outbox.clone(), Some(wake.subscribe()), stop.clone()));
     Running {
-        outbox,
         stats,
         wake,
         stop,

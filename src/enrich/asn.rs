@@ -893,6 +893,18 @@ impl AsnDb {
             .or_else(|| self.mmdbs.iter().find_map(|m| m.lookup(ip)))
     }
 
+    /// What [`AsnDb::enrich`] would return for an event with this
+    /// `source.ip` and (`has_address`) a `source.address`, without an
+    /// event (for records the pipeline counts but does not normalize).
+    pub fn classify(&self, ip: Option<IpAddr>, has_address: bool) -> AsnLookupResult {
+        match ip {
+            Some(ip) if self.lookup(ip).is_some() => AsnLookupResult::Hit,
+            Some(_) => AsnLookupResult::Miss,
+            None if has_address => AsnLookupResult::InvalidIp,
+            None => AsnLookupResult::NoIp,
+        }
+    }
+
     /// Fills (or clears, on a miss) `source.as.*` of `ev` from `source.ip`.
     pub fn enrich(&self, ev: &mut NormalizedEvent) -> AsnLookupResult {
         let Some(ip) = ev.source_ip else {

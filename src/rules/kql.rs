@@ -131,6 +131,38 @@ impl Query {
         self.eval(&self.root, doc)
     }
 
+    /// A condition on field values that every matching document meets
+    /// (implied by the query, usually weaker). The raw prefilter turns it
+    /// into byte searches over a record's JSON text.
+    pub fn necessary(&self) -> Necessary<'_> {
+        self.necessary_of(&self.root).simplify()
+    }
+
+    fn necessary_of<'q>(&'q self, node: &'q Node) -> Necessary<'q> {
+        match node {
+            Node::All(nodes) => {
+                Necessary::All(nodes.iter().map(|n| self.necessary_of(n)).collect())
+            }
+            Node::Any(nodes) => {
+                Necessary::Any(nodes.iter().map(|n| self.necessary_of(n)).collect())
+            }
+            // A negation or an existence test implies nothing about values.
+            Node::MatchAll | Node::Not(_) | Node::Exists(_) => Necessary::Unknown,
+            Node::OneOf { field, values } => Necessary::Equals {
+                field: &self.fields[*field],
+                values: values.iter().map(|l| &*l.text).collect(),
+            },
+            Node::Pattern { field, pattern } => Necessary::Contains {
+                field: &self.fields[*field],
+                parts: std::iter::once(&*pattern.prefix)
+                    .chain(pattern.middle.iter().map(|m| &**m))
+                    .chain(std::iter::once(&*pattern.suffix))
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+            },
+        }
+    }
+
     /// The field names the query reads, each once, in order of first use.
     pub fn fields(&self) -> Vec<&str> {
         self.fields.iter().map(FieldRef::name).collect()
@@ -157,6 +189,61 @@ impl Query {
                     _ => false,
                 })
             }
+        }
+    }
+}
+
+/// What [`Query::necessary`] returns: a condition every document that
+/// matches the query satisfies.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Necessary<'q> {
+    /// Nothing is known: any document may match.
+    Unknown,
+    /// Some value of `field` matches one of the literals. A string value
+    /// matches a literal only when it equals the literal's text exactly;
+    /// values of other types compare by type (numbers numerically, IPs by
+    /// CIDR, booleans as `true`/`false`).
+    Equals {
+        field: &'q FieldRef,
+        values: Vec<&'q str>,
+    },
+    /// Some string value of `field` contains every one of `parts`
+    /// (a wildcard pattern's fixed pieces).
+    Contains {
+        field: &'q FieldRef,
+        parts: Vec<&'q str>,
+    },
+    All(Vec<Necessary<'q>>),
+    Any(Vec<Necessary<'q>>),
+}
+
+impl Necessary<'_> {
+    /// Folds `Unknown` through `All` (dropped) and `Any` (absorbs).
+    pub fn simplify(self) -> Self {
+        match self {
+            Necessary::All(items) => {
+                let items: Vec<_> = items
+                    .into_iter()
+                    .map(Necessary::simplify)
+                    .filter(|n| *n != Necessary::Unknown)
+                    .collect();
+                match items.len() {
+                    0 => Necessary::Unknown,
+                    1 => items.into_iter().next().expect("one item"),
+                    _ => Necessary::All(items),
+                }
+            }
+            Necessary::Any(items) => {
+                let items: Vec<_> = items.into_iter().map(Necessary::simplify).collect();
+                if items.is_empty() || items.contains(&Necessary::Unknown) {
+                    Necessary::Unknown
+                } else if items.len() == 1 {
+                    items.into_iter().next().expect("one item")
+                } else {
+                    Necessary::Any(items)
+                }
+            }
+            leaf => leaf,
         }
     }
 }

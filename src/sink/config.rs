@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::retry::RetryPolicy;
 
@@ -54,7 +54,7 @@ impl SinkConfigError {
 }
 
 /// One `[[sinks]]` entry.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {
     /// HTTPS POST per alert, Standard Webhooks signed.
@@ -118,7 +118,7 @@ impl SecretSource {
 }
 
 /// `type = "webhook"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Unique sink name; keys this sink's outbox. Example: `"soar"`.
@@ -137,10 +137,18 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub extra_ca_file: Option<PathBuf>,
     /// TCP + TLS connect timeout. Default `"5s"`.
-    #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
     pub connect_timeout: Duration,
     /// Whole-request timeout (connect to last response byte). Default `"10s"`.
-    #[serde(default = "default_request_timeout", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
     pub request_timeout: Duration,
     /// Requests in flight at once. Default 4.
     #[serde(default = "default_concurrency")]
@@ -149,26 +157,46 @@ pub struct WebhookConfig {
     #[serde(default)]
     pub retry: RetryConfig,
     /// How often the outbox is rescanned without a wake-up. Default `"5s"`.
-    #[serde(default = "default_poll_interval", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_poll_interval",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
     pub poll_interval: Duration,
     /// How long in-flight requests may finish after shutdown starts. Default `"5s"`.
-    #[serde(default = "default_shutdown_grace", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_shutdown_grace",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
     pub shutdown_grace: Duration,
 }
 
 /// `retry = { ... }` of a webhook sink; see `sink::retry` for the defaults'
 /// rationale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// First backoff ceiling. Default `"1s"`.
-    #[serde(default = "default_initial_interval", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_initial_interval",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
     pub initial_interval: Duration,
     /// Largest backoff ceiling and `Retry-After` cap. Default `"5m"`.
-    #[serde(default = "default_max_interval", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_max_interval",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
     pub max_interval: Duration,
     /// Age after which an undelivered alert is dead-lettered. Default `"24h"`.
-    #[serde(default = "default_max_age", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_max_age",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
     pub max_age: Duration,
 }
 
@@ -194,7 +222,7 @@ impl From<RetryConfig> for RetryPolicy {
 }
 
 /// `type = "ndjson"`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NdjsonConfig {
     /// Unique sink name; keys this sink's outbox. Example: `"debug"`.
@@ -203,7 +231,11 @@ pub struct NdjsonConfig {
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// How often the outbox is rescanned without a wake-up. Default `"5s"`.
-    #[serde(default = "default_poll_interval", deserialize_with = "de_duration")]
+    #[serde(
+        default = "default_poll_interval",
+        deserialize_with = "de_duration",
+        serialize_with = "ser_duration"
+    )]
     pub poll_interval: Duration,
 }
 
@@ -230,6 +262,25 @@ fn default_max_interval() -> Duration {
 }
 fn default_max_age() -> Duration {
     RetryPolicy::default().max_age
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// Printed (by `check-config`) as where the value comes from; a literal
+/// `value` is redacted, since people do paste tokens there.
+impl Serialize for SecretSource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        match self {
+            SecretSource::Env(var) => map.serialize_entry("env", var)?,
+            SecretSource::File(path) => map.serialize_entry("file", path)?,
+            SecretSource::Value(_) => map.serialize_entry("value", "<redacted>")?,
+        }
+        map.end()
+    }
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

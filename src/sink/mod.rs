@@ -239,6 +239,129 @@ impl Outbox for MemoryOutbox {
     }
 }
 
+/// A configured sink, ready to run.
+pub enum Sink {
+    Webhook(webhook::WebhookSink),
+    Ndjson(ndjson::NdjsonSink),
+}
+
+impl Sink {
+    /// The sink's configured name (its outbox key and metric label).
+    pub fn name(&self) -> &str {
+        match self {
+            Sink::Webhook(s) => s.name(),
+            Sink::Ndjson(s) => s.name(),
+        }
+    }
+
+    /// The sink's counters.
+    pub fn stats(&self) -> Arc<SinkStats> {
+        match self {
+            Sink::Webhook(s) => s.stats(),
+            Sink::Ndjson(s) => s.stats(),
+        }
+    }
+
+    /// Drains `outbox` until `shutdown` is cancelled.
+    pub async fn run(
+        self,
+        outbox: Arc<dyn Outbox>,
+        wakeup: Option<WakeupReceiver>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        match self {
+            Sink::Webhook(s) => s.run(outbox, wakeup, shutdown).await,
+            Sink::Ndjson(s) => s.run(outbox, wakeup, shutdown).await,
+        }
+    }
+}
+
+/// Validates and builds every configured sink (reads secrets, builds HTTP
+/// clients), so that a bad sink stops the service at start.
+///
+/// # Errors
+/// The first problem, naming the sink and key.
+pub fn build_sinks(configs: &[config::SinkConfig]) -> Result<Vec<Sink>, config::SinkConfigError> {
+    config::validate_sinks(configs)?;
+    configs
+        .iter()
+        .map(|c| match c {
+            config::SinkConfig::Webhook(w) => {
+                webhook::WebhookSink::from_config(w).map(Sink::Webhook)
+            }
+            config::SinkConfig::Ndjson(n) => ndjson::NdjsonSink::from_config(n).map(Sink::Ndjson),
+        })
+        .collect()
+}
+
+/// A sink's queue in the RocksDB state: one sink name's rows of the shared
+/// outbox column family (see [`crate::store`]).
+pub struct StoreOutbox {
+    store: Arc<crate::store::Store>,
+    sink: String,
+}
+
+impl StoreOutbox {
+    /// The outbox of the sink called `sink`.
+    pub fn new(store: Arc<crate::store::Store>, sink: impl Into<String>) -> Self {
+        StoreOutbox {
+            store,
+            sink: sink.into(),
+        }
+    }
+}
+
+impl Outbox for StoreOutbox {
+    fn pending(&self, after: Option<u64>, limit: usize) -> Result<Vec<PendingAlert>, OutboxError> {
+        let rows = self
+            .store
+            .outbox_pending(&self.sink, after, limit)
+            .map_err(OutboxError::new)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| PendingAlert {
+                seq: row.seq,
+                id: row.id,
+                created_at_ms: row.created_at_ms,
+                body: Arc::from(row.body.into_bytes()),
+            })
+            .collect())
+    }
+
+    fn pending_count(&self) -> Result<u64, OutboxError> {
+        self.store
+            .outbox_count(&self.sink)
+            .map_err(OutboxError::new)
+    }
+
+    fn delivered(&self, seq: u64) -> Result<(), OutboxError> {
+        self.store
+            .outbox_remove(&self.sink, seq)
+            .map_err(OutboxError::new)
+    }
+
+    fn dead_letter(&self, seq: u64, dead: DeadLetter) -> Result<(), OutboxError> {
+        let Some(alert) = self
+            .store
+            .outbox_get(&self.sink, seq)
+            .map_err(OutboxError::new)?
+        else {
+            return Ok(()); // already moved or delivered
+        };
+        self.store
+            .dead_letter(crate::store::DeadLetterRow {
+                sink: self.sink.clone(),
+                alert,
+                reason: dead.reason.as_label().to_owned(),
+                status: dead.status,
+                response_excerpt: dead.response_excerpt,
+                attempts: dead.attempts,
+                dead_lettered_at_ms: dead.dead_lettered_at_ms,
+            })
+            .map_err(OutboxError::new)
+    }
+}
+
 /// The consumer's side of "new alerts committed": cheap to clone, never
 /// blocks, and coalesces (many notifications before a sink looks count once).
 #[derive(Debug, Clone)]
@@ -364,7 +487,7 @@ pub const DURATION_BUCKETS_SECONDS: [f64; 11] = [
 
 /// Counters one sink worker updates; the metrics module reads them (plain
 /// atomics, so the sink does not depend on the metrics registry).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SinkStats {
     /// Attempts started (HTTP requests sent, or NDJSON writes).
     pub attempts: AtomicU64,
@@ -383,6 +506,19 @@ pub struct SinkStats {
     duration_buckets: [AtomicU64; DURATION_BUCKETS_SECONDS.len() + 1],
     duration_sum_micros: AtomicU64,
     duration_count: AtomicU64,
+    /// Called with each request duration in seconds (the metrics module
+    /// plugs its Prometheus histogram in here).
+    duration_observer: std::sync::OnceLock<Box<dyn Fn(f64) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for SinkStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkStats")
+            .field("attempts", &self.attempts)
+            .field("delivered", &self.delivered)
+            .field("retried", &self.retried)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SinkStats {
@@ -416,8 +552,17 @@ impl SinkStats {
         self.dead_lettered[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Registers a function called with every request duration (seconds).
+    /// Only the first registration takes effect.
+    pub fn observe_durations_with(&self, observer: impl Fn(f64) + Send + Sync + 'static) {
+        let _ = self.duration_observer.set(Box::new(observer));
+    }
+
     pub(crate) fn record_duration(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
+        if let Some(observe) = self.duration_observer.get() {
+            observe(secs);
+        }
         let bucket = DURATION_BUCKETS_SECONDS
             .iter()
             .position(|&bound| secs <= bound)

@@ -75,6 +75,11 @@ impl NdjsonSink {
         }
     }
 
+    /// The sink's configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The counters this sink updates.
     pub fn stats(&self) -> Arc<SinkStats> {
         Arc::clone(&self.stats)

@@ -1,0 +1,349 @@
+//! Pipeline throughput on one core against a parsing ceiling, on the same
+//! bytes in the same run (issue 7, measurement 1).
+//!
+//! ```sh
+//! scripts/fetch-asn-db.sh
+//! taskset -c 1 cargo bench --bench pipeline -- --records 200000
+//! ```
+//!
+//! Generates a seeded workload in memory (`benches/workload/mod.rs`), then
+//! times, best of `--reps` (default 5):
+//! - **ceiling**: serde_json parsing every body into typed records that
+//!   borrow only the fields the seed rule needs (`operationName`,
+//!   `resultType`, `resourceId`, `callerIpAddress`, `time`), everything
+//!   else skipped;
+//! - **decode**, **decode+normalize**, **decode+normalize+enrich**
+//!   (`process_body`), and the **full pipeline**: `process_body`, then the
+//!   detector and one synced RocksDB commit per 5,000 records, as `replay`
+//!   batches them, into a fresh state directory each repetition;
+//! - the same full pipeline with the raw-byte prefilter.
+//!
+//! Prints records/s, MB/s and the ratio to the ceiling. Not a test: it
+//! asserts nothing about time.
+
+mod workload;
+
+use std::borrow::Cow;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use firstseen::decode::{decode_body, DecodeLimits};
+use firstseen::engine::{Candidate, Detector};
+use firstseen::enrich::{AsnDb, AsnSource};
+use firstseen::normalize::{normalize, RecordContext};
+use firstseen::pipeline::{process_body, process_body_prefiltered, BodyContext, PipelineStats};
+use firstseen::rules::allowlist::Allowlist;
+use firstseen::rules::rule_file::load_rules;
+use firstseen::store::{BatchWrite, Store};
+use serde::Deserialize;
+
+const BATCH_RECORDS: usize = 5000;
+
+/// The ceiling's record: only what the seed rule reads, borrowed.
+#[derive(Deserialize)]
+struct TypedRecord<'a> {
+    #[serde(borrow, rename = "operationName")]
+    operation_name: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "resultType")]
+    result_type: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "resourceId")]
+    resource_id: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "callerIpAddress")]
+    caller: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct TypedBody<'a> {
+    #[serde(borrow)]
+    records: Vec<TypedRecord<'a>>,
+}
+
+fn ceiling(bodies: &[Vec<u8>]) -> usize {
+    let mut n = 0;
+    for body in bodies {
+        let parsed: TypedBody<'_> = serde_json::from_slice(body).expect("generated JSON");
+        for r in &parsed.records {
+            // Touch every field so nothing is optimized away.
+            let op = r.operation_name.as_deref().unwrap_or("");
+            if op.len()
+                + r.result_type.as_deref().map_or(0, str::len)
+                + r.resource_id.as_deref().map_or(0, str::len)
+                + r.caller.as_deref().map_or(0, str::len)
+                + r.time.as_deref().map_or(0, str::len)
+                > 0
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+struct Env {
+    detector: Detector,
+    asn: AsnDb,
+    limits: DecodeLimits,
+}
+
+fn decode_only(env: &Env, bodies: &[Vec<u8>]) -> usize {
+    let mut n = 0;
+    for body in bodies {
+        let d = decode_body(body, &env.limits);
+        n += black_box(d.records).len();
+    }
+    n
+}
+
+fn decode_normalize(env: &Env, bodies: &[Vec<u8>], enrich: bool) -> usize {
+    let mut n = 0;
+    for body in bodies {
+        let d = decode_body(body, &env.limits);
+        for record in d.records {
+            let (mut ev, _) = normalize(record, RecordContext::default());
+            if enrich {
+                env.asn.enrich(&mut ev);
+            }
+            black_box(&ev);
+            n += 1;
+        }
+    }
+    n
+}
+
+fn process_bodies(env: &Env, bodies: &[Vec<u8>]) -> usize {
+    let mut stats = PipelineStats::default();
+    let mut out = Vec::with_capacity(BATCH_RECORDS);
+    let ctx = BodyContext::default();
+    for body in bodies {
+        process_body(
+            body,
+            &ctx,
+            &env.limits,
+            Some(&env.asn),
+            &mut out,
+            &mut stats,
+        );
+        out.clear();
+    }
+    stats.records as usize
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct FullReport {
+    records: u64,
+    matched: u64,
+    alerts: u64,
+}
+
+fn prefiltered_bodies(env: &Env, bodies: &[Vec<u8>]) -> PipelineStats {
+    let mut stats = PipelineStats::default();
+    let mut out = Vec::with_capacity(BATCH_RECORDS);
+    let ctx = BodyContext::default();
+    for body in bodies {
+        process_body_prefiltered(
+            body,
+            &ctx,
+            &env.limits,
+            Some(&env.asn),
+            env.detector.prefilter(),
+            &mut out,
+            &mut stats,
+        );
+        out.clear();
+    }
+    stats
+}
+
+/// What `replay` does per body and per batch, minus file I/O and alert
+/// printing.
+fn full(
+    env: &Env,
+    bodies: &[Vec<u8>],
+    state: &std::path::Path,
+    prefilter: bool,
+) -> (FullReport, PipelineStats) {
+    let store = Store::open(state).expect("state dir");
+    let mut stats = PipelineStats::default();
+    let mut pending: Vec<Candidate> = Vec::with_capacity(BATCH_RECORDS);
+    let ctx = BodyContext::default();
+    let mut report = FullReport::default();
+    let mut batch_start = 0u64;
+    let mut flush = |pending: &mut Vec<Candidate>, report: &mut FullReport| {
+        if pending.is_empty() {
+            return;
+        }
+        let mut write = BatchWrite::default();
+        let r = env
+            .detector
+            .evaluate(&store, &mut write, pending, 1_750_000_000_000, false)
+            .expect("store reads");
+        store.commit(write).expect("commit");
+        report.matched += r.matched.iter().sum::<u64>();
+        report.alerts += r.alerts.len() as u64;
+        black_box(&r.alerts);
+        pending.clear();
+    };
+    for body in bodies {
+        if prefilter {
+            process_body_prefiltered(
+                body,
+                &ctx,
+                &env.limits,
+                Some(&env.asn),
+                env.detector.prefilter(),
+                &mut pending,
+                &mut stats,
+            );
+        } else {
+            process_body(
+                body,
+                &ctx,
+                &env.limits,
+                Some(&env.asn),
+                &mut pending,
+                &mut stats,
+            );
+        }
+        // Batches of 5,000 records (not candidates), as `replay` cuts them.
+        if stats.records - batch_start >= BATCH_RECORDS as u64 {
+            batch_start = stats.records;
+            flush(&mut pending, &mut report);
+        }
+    }
+    flush(&mut pending, &mut report);
+    report.records = stats.records;
+    (report, stats)
+}
+
+fn best_of<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
+    let mut best = Duration::MAX;
+    let mut last = None;
+    for _ in 0..reps {
+        let start = Instant::now();
+        let out = f();
+        best = best.min(start.elapsed());
+        last = Some(out);
+    }
+    (best, last.expect("reps >= 1"))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let mut cfg = workload::WorkloadConfig::default();
+    let rest = cfg.apply_args(&args);
+    let mut reps = 5;
+    let mut asn_dir = PathBuf::from("data/asn");
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--reps" => reps = it.next().ok_or("--reps N")?.parse()?,
+            "--asn-db" => asn_dir = it.next().ok_or("--asn-db DIR")?.into(),
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+
+    let t = Instant::now();
+    let (bodies, wstats) = workload::generate(&cfg, &asn_dir)?;
+    println!(
+        "workload: {wstats} (generated in {:.1}s)",
+        t.elapsed().as_secs_f64()
+    );
+    let bytes: usize = bodies.iter().map(Vec::len).sum();
+    let records = wstats.records as f64;
+
+    let asn = AsnDb::load(&AsnSource::parse(&asn_dir.display().to_string()))?;
+    let rules = load_rules(std::path::Path::new("config/rules"))?;
+    let env = Env {
+        detector: Detector::new(rules, Allowlist::new(&[])?),
+        asn,
+        limits: DecodeLimits::default(),
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("firstseen-bench-")
+        .tempdir_in(std::env::temp_dir())?;
+
+    println!(
+        "one core: run under `taskset -c N`; best of {reps} repetitions; {} bodies, {:.1} MB",
+        bodies.len(),
+        bytes as f64 / 1e6
+    );
+    let mut rows: Vec<(String, Duration)> = Vec::new();
+    let (ceiling_t, n) = best_of(reps, || ceiling(&bodies));
+    assert_eq!(n, wstats.records);
+    rows.push((
+        "ceiling: serde_json typed, borrowed fields".into(),
+        ceiling_t,
+    ));
+    let (t, n) = best_of(reps, || decode_only(&env, &bodies));
+    assert_eq!(n, wstats.records);
+    rows.push(("decode".into(), t));
+    let (t, _) = best_of(reps, || decode_normalize(&env, &bodies, false));
+    rows.push(("decode + normalize".into(), t));
+    let (t, _) = best_of(reps, || decode_normalize(&env, &bodies, true));
+    rows.push(("decode + normalize + enrich".into(), t));
+    let (t, _) = best_of(reps, || process_bodies(&env, &bodies));
+    rows.push(("process_body (the above + stats)".into(), t));
+    let mut rep = 0;
+    let (t, (report, stats)) = best_of(reps, || {
+        rep += 1;
+        full(
+            &env,
+            &bodies,
+            &scratch.path().join(format!("full-{rep}")),
+            false,
+        )
+    });
+    rows.push(("full: + rules + RocksDB (5k-record batches)".into(), t));
+    let (t, _) = best_of(reps, || prefiltered_bodies(&env, &bodies));
+    rows.push(("prefilter: process_body_prefiltered".into(), t));
+    let (t, (report_p, stats_p)) = best_of(reps, || {
+        rep += 1;
+        full(
+            &env,
+            &bodies,
+            &scratch.path().join(format!("full-{rep}")),
+            true,
+        )
+    });
+    rows.push(("full with prefilter (what `replay` runs)".into(), t));
+
+    println!();
+    println!("| measurement | time (s) | records/s | MB/s | × ceiling |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, t) in &rows {
+        let s = t.as_secs_f64();
+        println!(
+            "| {name} | {s:.3} | {:.0} | {:.1} | {:.2} |",
+            records / s,
+            bytes as f64 / 1e6 / s,
+            ceiling_t.as_secs_f64() / s
+        );
+    }
+    println!();
+    println!(
+        "full pipeline: {} records, {} matched the rule, {} alerts (workload: {} matching, {} distinct terms)",
+        report.records, report.matched, report.alerts, wstats.matching_records, wstats.distinct_terms
+    );
+    println!(
+        "with prefilter: {} records, {} matched, {} alerts; counters {} those without it",
+        report_p.records,
+        report_p.matched,
+        report_p.alerts,
+        if stats_p == stats {
+            "identical to"
+        } else {
+            "DIFFER from"
+        }
+    );
+    println!(
+        "prefilter needles: {:?}",
+        env.detector.prefilter().needles()
+    );
+    Ok(())
+}

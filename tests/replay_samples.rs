@@ -1,0 +1,157 @@
+//! The shipped seed rule over the bundled multi-day samples alerts exactly
+//! where the hand-computed expectation (samples/EXPECTED.md, recomputed by
+//! an independent Python implementation in samples/generate.py) says, in a
+//! full replay and in learn-then-detect mode; and the `firstseen replay`
+//! binary does the same as a whole process.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use firstseen::config::Config;
+use firstseen::replay::{replay, ReplayOptions};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.rules.path = root().join("config/rules");
+    c.asn.database = Some(root().join("samples/asn").display().to_string());
+    c
+}
+
+fn days(from: u32, to: u32) -> Vec<PathBuf> {
+    (from..=to)
+        .map(|d| root().join(format!("samples/activity-logs/2025-03-{d:02}.ndjson")))
+        .collect()
+}
+
+/// (minute "YYYY-MM-DD HH:MM", resource name, AS) of each alert.
+fn run(state: Option<&Path>, paths: Vec<PathBuf>, learn: bool) -> Vec<(String, String, i64)> {
+    let opts = ReplayOptions {
+        config: config(),
+        state_dir: state.map(Path::to_owned),
+        learn,
+        paths,
+        progress: false,
+    };
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let summary = replay(&opts, &mut out, &mut err).unwrap();
+    assert_eq!(
+        summary.stats.decode_error_total(),
+        0,
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let a: Value = serde_json::from_str(l).unwrap();
+            let t = a["rule_time"].as_str().unwrap();
+            (
+                format!("{} {}", &t[..10], &t[11..16]),
+                a["new_terms"]["values"][0].as_str().unwrap().to_string(),
+                a["new_terms"]["values"][1].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Parses the alert tables of samples/EXPECTED.md: (heading, rows).
+fn expected_tables() -> Vec<Vec<(String, String, i64)>> {
+    let text = std::fs::read_to_string(root().join("samples/EXPECTED.md")).unwrap();
+    let mut tables = Vec::new();
+    let mut current: Vec<(String, String, i64)> = Vec::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let is_alert_row =
+            cells.len() >= 6 && cells[1].parse::<u32>().is_ok() && cells[3].starts_with('`');
+        if is_alert_row {
+            current.push((
+                cells[2].to_string(),
+                cells[3].trim_matches('`').to_string(),
+                cells[4].parse().unwrap(),
+            ));
+        } else if !current.is_empty() {
+            tables.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        tables.push(current);
+    }
+    tables
+}
+
+#[test]
+fn full_replay_alerts_exactly_as_expected() {
+    let tables = expected_tables();
+    assert_eq!(
+        tables.len(),
+        2,
+        "EXPECTED.md has the full-replay and learn-then-detect tables"
+    );
+    let got = run(None, days(1, 12), false);
+    assert_eq!(got, tables[0]);
+}
+
+#[test]
+fn learn_then_detect_alerts_only_the_second_week_expectation() {
+    let tables = expected_tables();
+    let dir = tempfile::tempdir().unwrap();
+    let learned = run(Some(dir.path()), days(1, 7), true);
+    assert!(learned.is_empty(), "--learn emits no alerts");
+    // A second process on the same state (state survives reopening).
+    let got = run(Some(dir.path()), days(8, 12), false);
+    assert_eq!(got, tables[1]);
+}
+
+#[test]
+fn replay_binary_prints_alerts_and_a_summary() {
+    let out = Command::new(env!("CARGO_BIN_EXE_firstseen"))
+        .args(["replay", "--quiet", "--rules"])
+        .arg(root().join("config/rules"))
+        .arg("--asn-db")
+        .arg(root().join("samples/asn"))
+        .arg(root().join("samples/activity-logs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alerts = String::from_utf8(out.stdout).unwrap().lines().count();
+    assert_eq!(alerts, expected_tables()[0].len());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains(&format!("{alerts} alerts")), "{stderr}");
+}
+
+#[test]
+fn normalize_binary_reports_decode_errors_in_its_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bodies.ndjson");
+    std::fs::write(
+        &file,
+        "{\"records\":[{\"time\":\"2025-03-01T10:00:00Z\",\"operationName\":\"x\",\"callerIpAddress\":\"203.0.113.7\"}]}\n{broken\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_firstseen"))
+        .arg("normalize")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let doc: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(doc["source"]["ip"], "203.0.113.7");
+    assert_eq!(doc["event"]["action"], "X");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("bodies.ndjson:2: decode error: invalid_json"),
+        "{stderr}"
+    );
+}
