@@ -545,6 +545,21 @@ async fn end_to_end_four_partitions_alerts_exactly_as_expected() {
         receiver.ids().values().all(|n| *n == 1),
         "each alert delivered once"
     );
+    // Every delivered body conforms to the published schema and carries its
+    // Event Hubs position.
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("schema/alert.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    for (_, alert) in receiver.requests() {
+        let errors: Vec<String> = validator.iter_errors(&alert).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let position = &alert["source"];
+        assert!(position["partition"].is_string() && position["sequence_number"].is_i64());
+        assert!(position["offset"].is_string() && position["enqueued_time"].is_string());
+        assert_eq!(position["enqueued_time"], alert["rule_time"], "rule time = enqueued time");
+    }
 
     // What the service counted.
     assert_eq!(
