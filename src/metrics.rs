@@ -1003,7 +1003,7 @@ mod tests {
         let h = crate::health::Health::new();
         h.register("rocksdb", "opening");
         m2.record_health(&h.report());
-        assert_eq!(m2.registry().gather().len(), 32);
+        assert_eq!(m2.registry().gather().len(), 34);
     }
 
     #[test]
