@@ -965,3 +965,54 @@ async fn bad_credentials_source_fail_fast_with_a_message() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn br_15_lag_age_is_clamped_for_future_enqueued_times_and_counted() {
+    let double = start_double().await;
+    let receiver = Receiver::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut fs = Instance::new(tmp.path(), &double, Options::new(&receiver));
+    fs.start().await;
+    // Before any event the error counters already exist at 0.
+    let text = fs.scrape().await.unwrap();
+    for name in [
+        "firstseen_clock_skew_events_total",
+        "firstseen_source_connection_errors_total",
+        "firstseen_decode_errors_total",
+        "firstseen_sink_webhook_failures_total",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing before any event");
+    }
+    let at = |offset_s: i64| {
+        let now = SystemTime::now();
+        if offset_s >= 0 {
+            now + Duration::from_secs(offset_s as u64)
+        } else {
+            now - Duration::from_secs((-offset_s) as u64)
+        }
+    };
+    let publish_at = |t: SystemTime| {
+        double
+            .publish_with(
+                "0",
+                r_body("VM-LAG-01", OUTSIDE_IP),
+                PublishOptions {
+                    enqueued_time: Some(t),
+                    partition_key: None,
+                },
+            )
+            .unwrap()
+            .sequence_number
+    };
+    let seq = publish_at(at(5));
+    fs.wait_committed(&BTreeMap::from([("0".to_string(), seq)])).await;
+    let lag = "partition=\"0\"";
+    assert_eq!(fs.metric("firstseen_source_consumer_lag_seconds", lag).await, 0.0);
+    assert_eq!(fs.metric("firstseen_clock_skew_events_total", "").await, 1.0);
+
+    let seq = publish_at(at(-120));
+    fs.wait_committed(&BTreeMap::from([("0".to_string(), seq)])).await;
+    let age = fs.metric("firstseen_source_consumer_lag_seconds", lag).await;
+    assert!((119.0..130.0).contains(&age), "lag {age}");
+    assert_eq!(fs.metric("firstseen_clock_skew_events_total", "").await, 1.0);
+}
