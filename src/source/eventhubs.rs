@@ -1105,6 +1105,12 @@ impl PartitionReader {
                         resume_after = ?self.resume_after,
                         "the client re-attached from its original position; reopening after the last forwarded event"
                     );
+                    // The SDK just recovered this client's connection or
+                    // link; a receiver reopened on it can collide with the
+                    // recovered link's name. Start clean.
+                    if let Some(client) = self.client.take() {
+                        close_client(client).await;
+                    }
                 }
                 Pump::Ended | Pump::Failed(_) => {
                     // A fresh connection next time: the SDK's own recovery
