@@ -193,6 +193,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         sink_stats,
         partition_checks,
         gc_interval: config.state.gc_interval,
+        dead_event_retention_ms: i64::try_from(config.state.dead_event_retention.as_millis())
+            .unwrap_or(i64::MAX),
         gc_keep_ms: max_window_ms(&config)?
             + i64::try_from(config.state.gc_grace.as_millis()).unwrap_or(i64::MAX),
         asn_reload_interval: config.asn.reload_interval,
@@ -475,6 +477,7 @@ struct Upkeep {
     sink_stats: Vec<(String, Arc<SinkStats>)>,
     partition_checks: HashMap<String, crate::health::HealthCheck>,
     gc_interval: Duration,
+    dead_event_retention_ms: i64,
     gc_keep_ms: i64,
     asn_reload_interval: Duration,
     stop: CancellationToken,
@@ -513,7 +516,9 @@ async fn upkeep_loop(u: Upkeep) {
             last_gc = Instant::now();
             let store = u.store.clone();
             let metrics = u.metrics.clone();
-            let cutoff = crate::replay::now_ms().saturating_sub(u.gc_keep_ms);
+            let now = crate::replay::now_ms();
+            let cutoff = now.saturating_sub(u.gc_keep_ms);
+            let dead_cutoff = now.saturating_sub(u.dead_event_retention_ms);
             gc_running = Some(tokio::task::spawn_blocking(move || {
                 match store.gc_terms(cutoff) {
                     Ok(n) => {
@@ -522,6 +527,11 @@ async fn upkeep_loop(u: Upkeep) {
                         tracing::info!(expired = n, "term GC done");
                     }
                     Err(e) => tracing::error!(error = %e, "term GC failed"),
+                }
+                match store.gc_dead_events(dead_cutoff) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "old undecodable event bodies deleted"),
+                    Err(e) => tracing::error!(error = %e, "dead event GC failed"),
                 }
             }));
         }

@@ -134,6 +134,11 @@ pub struct StateConfig {
     /// late records.
     #[serde(with = "humantime_serde")]
     pub gc_grace: Duration,
+    /// How long undecodable event bodies are kept for inspection
+    /// (`firstseen alerts events`); older ones are deleted by the sweep, so
+    /// a hostile producer cannot fill the disk.
+    #[serde(with = "humantime_serde")]
+    pub dead_event_retention: Duration,
 }
 
 impl Default for StateConfig {
@@ -142,6 +147,7 @@ impl Default for StateConfig {
             dir: PathBuf::from("/var/lib/firstseen"),
             gc_interval: Duration::from_secs(3600),
             gc_grace: Duration::from_secs(86_400),
+            dead_event_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }

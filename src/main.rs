@@ -98,11 +98,17 @@ enum AlertsAction {
     Show { id: String },
     /// Move dead-lettered alerts back to the outbox (all, or those given).
     Requeue { ids: Vec<String> },
-    /// Delete every dead-lettered alert.
+    /// List the undecodable event bodies kept for inspection.
+    Events,
+    /// Delete every dead-lettered alert (or, with --events, every
+    /// undecodable event body).
     Purge {
         /// Required: purging cannot be undone.
         #[arg(long)]
         yes: bool,
+        /// Purge the undecodable event bodies instead of the dead letters.
+        #[arg(long)]
+        events: bool,
     },
 }
 
@@ -265,12 +271,41 @@ fn alerts(state: &std::path::Path, action: AlertsAction) -> anyhow::Result<ExitC
     if !state.join("CURRENT").exists() {
         anyhow::bail!("{}: no firstseen state here", state.display());
     }
-    let store = Store::open(state)?;
+    // Inspecting works while the service runs; changing needs it stopped
+    // (RocksDB allows one writer per directory).
+    let read_only = matches!(
+        action,
+        AlertsAction::List | AlertsAction::Show { .. } | AlertsAction::Events
+    );
+    let store = if read_only {
+        Store::open_read_only(state)?
+    } else {
+        Store::open(state).map_err(|e| {
+            if e.to_string().to_ascii_lowercase().contains("lock") {
+                anyhow::anyhow!(
+                    "{}: the state directory is in use (is `firstseen run` running on it?); stop the service to requeue or purge",
+                    state.display()
+                )
+            } else {
+                anyhow::Error::new(e)
+            }
+        })?
+    };
     match action {
         AlertsAction::List => {
             let pending = store.outbox_all()?;
             let dead = store.dead_letters()?;
-            println!("{} pending, {} dead-lettered", pending.len(), dead.len());
+            let undecodable = store.dead_events()?.len();
+            println!(
+                "{} pending, {} dead-lettered, {undecodable} undecodable event bodies{}",
+                pending.len(),
+                dead.len(),
+                if undecodable > 0 {
+                    " (see `alerts events`)"
+                } else {
+                    ""
+                }
+            );
             for (sink, row) in &pending {
                 println!(
                     "pending  {sink}  {}  created {}",
@@ -291,45 +326,73 @@ fn alerts(state: &std::path::Path, action: AlertsAction) -> anyhow::Result<ExitC
             }
         }
         AlertsAction::Show { id } => {
-            let found = store
+            // The full id, or a prefix of it that names one alert.
+            let mut found: Vec<_> = store
                 .outbox_all()?
                 .into_iter()
                 .map(|(_, row)| row)
-                .find(|r| r.id == id)
-                .or_else(|| {
-                    store
-                        .dead_letters()
-                        .ok()?
-                        .into_iter()
-                        .map(|d| d.alert)
-                        .find(|r| r.id == id)
-                });
-            match found {
-                Some(row) => println!("{}", row.body),
-                None => anyhow::bail!("no alert with id {id}"),
+                .chain(store.dead_letters()?.into_iter().map(|d| d.alert))
+                .filter(|r| r.id.starts_with(id.as_str()))
+                .collect();
+            found.sort_by(|a, b| a.id.cmp(&b.id));
+            found.dedup_by(|a, b| a.id == b.id);
+            match found.as_slice() {
+                [] => anyhow::bail!("no alert with id {id}"),
+                [row] => println!("{}", row.body),
+                more => anyhow::bail!(
+                    "{} alerts have ids starting with {id}; give more of the id",
+                    more.len()
+                ),
+            }
+        }
+        AlertsAction::Events => {
+            for e in store.dead_events()? {
+                println!(
+                    "{}  {}  partition {}  sequence {}  {}  {}  {}",
+                    firstseen::normalize::format_timestamp(e.recorded_at_ms),
+                    e.source,
+                    e.partition.as_deref().unwrap_or("-"),
+                    e.sequence_number.map_or("-".into(), |n| n.to_string()),
+                    e.error_kind,
+                    e.detail,
+                    e.body_excerpt
+                        .chars()
+                        .take(120)
+                        .collect::<String>()
+                        .escape_debug()
+                );
             }
         }
         AlertsAction::Requeue { ids } => {
             let mut n = 0;
             for d in store.dead_letters()? {
                 if (ids.is_empty() || ids.contains(&d.alert.id))
-                    && store.requeue_dead_letter(&d.sink, d.alert.seq)?
+                    && store.requeue_dead_letter(
+                        &d.sink,
+                        d.alert.seq,
+                        firstseen::replay::now_ms(),
+                    )?
                 {
                     n += 1;
                 }
             }
             println!("requeued {n} alerts");
         }
-        AlertsAction::Purge { yes } => {
+        AlertsAction::Purge { yes, events } => {
+            let what = if events {
+                "undecodable event bodies"
+            } else {
+                "dead-lettered alerts"
+            };
             if !yes {
-                anyhow::bail!(
-                    "purge deletes every dead-lettered alert for good; run again with --yes"
-                );
+                anyhow::bail!("purge deletes every {what} for good; run again with --yes");
             }
-            println!(
-                "purged {} dead-lettered alerts",
+            let n = if events {
+                store.purge_dead_events()?
+            } else {
                 store.purge_dead_letters()?
-            );
+            };
+            println!("purged {n} {what}");
         }
     }
     Ok(ExitCode::SUCCESS)

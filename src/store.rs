@@ -116,6 +116,8 @@ impl TermState {
 pub struct OutboxRow {
     pub seq: u64,
     pub id: String,
+    /// When the alert entered the outbox: its commit, or its requeue from
+    /// the dead letters. A sink's `max_age` counts from here.
     pub created_at_ms: i64,
     /// The alert document, exactly the bytes every sink sends.
     pub body: String,
@@ -357,6 +359,48 @@ impl Store {
             .next_seq
             .store(last.map_or(1, |s| s + 1), Ordering::SeqCst);
         Ok(store)
+    }
+
+    /// Opens an existing state directory read-only, without taking
+    /// RocksDB's lock, so `firstseen alerts list|show` can inspect the
+    /// outbox while the service runs (it sees the state as of the open).
+    ///
+    /// # Errors
+    /// No database there, not firstseen's (format marker), or unreadable.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let existing = DB::list_cf(&Options::default(), path).map_err(open_error)?;
+        if !existing.iter().any(|c| c == CF_META) {
+            return Err(StoreError::ForeignDatabase {
+                path: path.to_owned(),
+            });
+        }
+        let db = DB::open_cf_for_read_only(&Options::default(), path, ALL_CFS, false)
+            .map_err(open_error)?;
+        let meta = db.cf_handle(CF_META).expect("meta cf opened above");
+        match db.get_cf(&meta, FORMAT_KEY)? {
+            Some(v) if v == FORMAT_VALUE => {}
+            Some(v) => {
+                return Err(StoreError::UnsupportedFormat {
+                    path: path.to_owned(),
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                    expected: String::from_utf8_lossy(FORMAT_VALUE).into_owned(),
+                })
+            }
+            None => {
+                return Err(StoreError::ForeignDatabase {
+                    path: path.to_owned(),
+                })
+            }
+        }
+        Ok(Store {
+            db,
+            path: path.to_owned(),
+            next_seq: AtomicU64::new(0),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -608,9 +652,15 @@ impl Store {
     }
 
     /// Moves a dead letter back to its sink's outbox under a new sequence
-    /// number (so it is retried after what is already pending). Returns
-    /// false when there is no such dead letter.
-    pub fn requeue_dead_letter(&self, sink: &str, seq: u64) -> Result<bool, StoreError> {
+    /// number (so it is retried after what is already pending) with its age
+    /// clock restarted at `now_ms`. Returns false when there is no such
+    /// dead letter.
+    pub fn requeue_dead_letter(
+        &self,
+        sink: &str,
+        seq: u64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let cf_dead = self.cf(CF_DEAD_LETTERS);
         let key = outbox_key(sink, seq);
         let Some(v) = self.db.get_cf(cf_dead, &key)? else {
@@ -619,6 +669,9 @@ impl Store {
         let dead: DeadLetterRow = decode_json("dead letter", &v)?;
         let mut alert = dead.alert;
         alert.seq = self.next_seq();
+        // A requeue is a fresh start: without it an alert dead-lettered
+        // for age would expire again before its first new attempt.
+        alert.created_at_ms = now_ms;
         let mut batch = WriteBatch::default();
         batch.delete_cf(cf_dead, &key);
         batch.put_cf(
@@ -642,6 +695,31 @@ impl Store {
         }
         self.db.write(batch)?;
         Ok(n)
+    }
+
+    /// Deletes undecodable bodies recorded before `before_ms`. Rows are
+    /// keyed by an increasing sequence number, so the sweep stops at the
+    /// first newer one. Returns how many were deleted.
+    pub fn gc_dead_events(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let cf = self.cf(CF_DEAD_EVENTS);
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item?;
+            let row: DeadEventRow = decode_json("dead event", &v)?;
+            if row.recorded_at_ms >= before_ms {
+                break;
+            }
+            batch.delete_cf(cf, k);
+            n += 1;
+        }
+        self.db.write(batch)?;
+        Ok(n)
+    }
+
+    /// Deletes every undecodable body. Returns how many.
+    pub fn purge_dead_events(&self) -> Result<u64, StoreError> {
+        self.gc_dead_events(i64::MAX)
     }
 
     pub fn dead_events(&self) -> Result<Vec<DeadEventRow>, StoreError> {
@@ -825,9 +903,15 @@ mod tests {
         assert_eq!(store.outbox_count("so").unwrap(), 3);
         assert_eq!(store.outbox_all().unwrap().len(), 4);
         assert_eq!(store.dead_letters().unwrap().len(), 1);
-        assert!(store.requeue_dead_letter("soar", rows[1].seq).unwrap());
-        assert!(!store.requeue_dead_letter("soar", rows[1].seq).unwrap());
+        assert!(store
+            .requeue_dead_letter("soar", rows[1].seq, 5_000)
+            .unwrap());
+        assert!(!store
+            .requeue_dead_letter("soar", rows[1].seq, 5_000)
+            .unwrap());
         let pending = store.outbox_pending("soar", None, 10).unwrap();
+        // The age clock restarts at the requeue (max_age counts from it).
+        assert_eq!(pending[1].created_at_ms, 5_000);
         // Requeued alerts go to the back of the queue.
         assert_eq!(
             pending.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
