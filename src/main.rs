@@ -127,10 +127,28 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("firstseen: error: {e:#}");
+            eprintln!("firstseen: error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, each cause added only when the text so far
+/// does not already say it (our error types put their cause in their own
+/// message, and `{:#}` would print it twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 fn env_vars() -> Vec<(String, String)> {
@@ -169,12 +187,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let summary = replay(&opts, &mut out, &mut err)?;
             out.flush()?;
             eprintln!("{summary}");
-            // 3: finished, but some bodies could not be decoded.
-            Ok(if summary.stats.decode_error_total() > 0 {
-                ExitCode::from(3)
-            } else {
-                ExitCode::SUCCESS
-            })
+            // 3: finished, but some bodies or files could not be read.
+            Ok(
+                if summary.stats.decode_error_total() > 0 || summary.unreadable_files > 0 {
+                    ExitCode::from(3)
+                } else {
+                    ExitCode::SUCCESS
+                },
+            )
         }
         Command::Run { config } => {
             let config = Config::load(Some(&config), env_vars())?;

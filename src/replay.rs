@@ -40,6 +40,9 @@ pub struct ReplayOptions {
 #[derive(Debug, Default, Clone)]
 pub struct ReplaySummary {
     pub files: u64,
+    /// Files that could not be read to the end (I/O error, truncated gzip):
+    /// reported on stderr, their readable part processed, the rest skipped.
+    pub unreadable_files: u64,
     pub stats: PipelineStats,
     pub matched: u64,
     pub alerts: u64,
@@ -56,8 +59,9 @@ impl std::fmt::Display for ReplaySummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "replay: {} files, {} bodies, {} records, {} matched, {} alerts, {} decode errors, {} timestamp fallbacks, {:.1}s ({:.0} records/s)",
+            "replay: {} files ({} unreadable), {} bodies, {} records, {} matched, {} alerts, {} decode errors, {} timestamp fallbacks, {:.1}s ({:.0} records/s)",
             self.files,
+            self.unreadable_files,
             self.stats.bodies,
             self.stats.records,
             self.matched,
@@ -134,7 +138,10 @@ pub fn replay(
     for file in &files {
         summary.files += 1;
         // NDJSON is streamed line by line: memory does not grow with the file.
-        for_each_body(file, |body| -> anyhow::Result<()> {
+        // An error of this closure (state, output) stops the replay; an
+        // error reading the file is reported and the replay goes on.
+        let mut stopped: Option<anyhow::Error> = None;
+        let mut step = |body: crate::source::file::FileBody<'_>| -> anyhow::Result<()> {
             let ctx = BodyContext {
                 enqueued_time_ms: None,
                 position: SourcePosition {
@@ -179,7 +186,20 @@ pub fn replay(
                 );
             }
             Ok(())
-        })?;
+        };
+        let read = for_each_body(file, |body| {
+            step(body).map_err(|e| {
+                stopped = Some(e);
+                anyhow::anyhow!("replay stopped")
+            })
+        });
+        if let Some(e) = stopped {
+            return Err(e);
+        }
+        if let Err(e) = read {
+            summary.unreadable_files += 1;
+            writeln!(errors, "{}: read error: {e}", file.display())?;
+        }
     }
     flush(
         &detector,

@@ -155,3 +155,60 @@ fn normalize_binary_reports_decode_errors_in_its_exit_status() {
         "{stderr}"
     );
 }
+
+#[test]
+fn unreadable_and_truncated_files_are_reported_and_the_rest_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = root().join("samples/activity-logs/2025-03-10.ndjson");
+    // A gzip cut in the middle of its deflate stream.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &std::fs::read(&good).unwrap()).unwrap();
+    let gz = gz.finish().unwrap();
+    let inputs = dir.path().join("inputs");
+    std::fs::create_dir(&inputs).unwrap();
+    std::fs::write(inputs.join("a-truncated.ndjson.gz"), &gz[..gz.len() / 2]).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone.json"), inputs.join("b-dangling.json"))
+        .unwrap();
+    std::fs::copy(&good, inputs.join("c-good.ndjson")).unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_firstseen"))
+        .args(["replay", "--quiet", "--rules"])
+        .arg(root().join("config/rules"))
+        .arg("--asn-db")
+        .arg(root().join("samples/asn"))
+        .arg(&inputs)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("a-truncated.ndjson.gz: read error"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("b-dangling.json: read error"), "{stderr}");
+    assert!(stderr.contains("(2 unreadable)"), "{stderr}");
+    // The good file's alerts (the readable half of the gzip repeats its
+    // terms, so no extra alert may come from it beyond the first half).
+    let alerts: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let from_good = alerts
+        .iter()
+        .filter(|a| {
+            a["source"]["file"]
+                .as_str()
+                .unwrap()
+                .ends_with("c-good.ndjson")
+        })
+        .count();
+    let from_gz = alerts.len() - from_good;
+    assert!(from_gz > 0, "the readable part of the gzip was replayed");
+    assert!(!alerts.is_empty());
+    assert_eq!(
+        alerts.len(),
+        run(None, vec![good], false).len(),
+        "each term alerts once, whichever copy carried it first"
+    );
+}
