@@ -38,8 +38,6 @@ use crate::health::Health;
 use crate::metrics::{MetricLabels, Metrics, PartitionMetrics, RuleMetrics};
 use crate::normalize::format_timestamp;
 use crate::pipeline::{process_body, BodyContext, PipelineStats};
-use crate::rules::allowlist::Allowlist;
-use crate::rules::rule_file::load_rules;
 use crate::sink::{SinkStats, StoreOutbox, Wakeup};
 use crate::source::eventhubs::{
     EventHubsSource, PartitionBatch, PartitionExit, SourceStats, StartAfter,
@@ -66,9 +64,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .context("[eventhubs] is not configured: `run` needs an Event Hubs namespace and hub (see config/firstseen.toml)")?;
 
     // Validate everything before consuming anything.
-    let rules = load_rules(&config.rules.path)?;
-    let allowlist = Allowlist::new(&config.allowlist)?;
-    let detector = Detector::new(rules, allowlist);
+    let (detector, warnings) = crate::engine::load_detection(
+        &config.rules.path,
+        &config.allowlist,
+        crate::replay::now_ms(),
+    )?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    // Terms older than the longest history window (plus grace) can be
+    // deleted: no rule can find them "seen" any more.
+    let longest_window_ms = detector
+        .rules()
+        .map(|r| i64::try_from(r.history_window.as_millis()).unwrap_or(i64::MAX))
+        .max()
+        .unwrap_or(0);
     let sinks = crate::sink::build_sinks(&config.sinks)?;
     let asn = open_asn(&config)?;
     let store = Arc::new(
@@ -195,8 +205,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         gc_interval: config.state.gc_interval,
         dead_event_retention_ms: i64::try_from(config.state.dead_event_retention.as_millis())
             .unwrap_or(i64::MAX),
-        gc_keep_ms: max_window_ms(&config)?
-            + i64::try_from(config.state.gc_grace.as_millis()).unwrap_or(i64::MAX),
+        gc_keep_ms: longest_window_ms
+            .saturating_add(i64::try_from(config.state.gc_grace.as_millis()).unwrap_or(i64::MAX)),
         asn_reload_interval: config.asn.reload_interval,
         stop: upkeep_stop.clone(),
     }));
@@ -258,15 +268,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = server_task.await;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn max_window_ms(config: &Config) -> anyhow::Result<i64> {
-    let rules = load_rules(&config.rules.path)?;
-    Ok(rules
-        .iter()
-        .map(|r| i64::try_from(r.history_window.as_millis()).unwrap_or(i64::MAX))
-        .max()
-        .unwrap_or(0))
 }
 
 /// Opens the ASN database named by the configuration (with hot reload).

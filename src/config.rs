@@ -266,7 +266,7 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let (name, text) = match path {
+        let (mut name, text) = match path {
             Some(p) => (
                 p.display().to_string(),
                 std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
@@ -282,6 +282,7 @@ impl Config {
                     path: name.clone(),
                     message: e.to_string(),
                 })?;
+        let mut applied: Vec<String> = Vec::new();
         for (var, value) in env {
             let Some(rest) = var.strip_prefix("FIRSTSEEN_") else {
                 continue;
@@ -295,6 +296,12 @@ impl Config {
                 var: var.clone(),
                 message,
             })?;
+            applied.push(var);
+        }
+        // A bad key or value may come from an override rather than the file.
+        if !applied.is_empty() {
+            applied.sort();
+            name = format!("{name} (with {})", applied.join(", "));
         }
         let config: Config =
             toml::Value::Table(table)
@@ -363,12 +370,13 @@ fn set_path(table: &mut toml::Table, keys: &[String], raw: &str) -> Result<(), S
             .as_table_mut()
             .ok_or_else(|| format!("{key} is not a table in the config"))?;
     }
-    // Numbers and booleans as such; anything else is a string.
+    // Numbers, booleans and TOML arrays (`["0", "1"]`) as such; anything
+    // else is a string.
     let value = format!("v = {raw}")
         .parse::<toml::Table>()
         .ok()
         .and_then(|mut t| t.remove("v"))
-        .filter(|v| !v.is_table() && !v.is_array())
+        .filter(|v| !v.is_table())
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     current.insert(last.clone(), value);
     Ok(())

@@ -79,6 +79,41 @@ pub struct BatchReport {
     pub terms_written: usize,
 }
 
+/// Why the configured rules and allowlist cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectionSetupError {
+    #[error("rules.path: {0}")]
+    Rules(#[from] crate::rules::rule_file::RuleError),
+    #[error("{0}")]
+    Allowlist(#[from] crate::rules::allowlist::AllowlistError),
+}
+
+/// Loads the rules named by `rules_path` and compiles `allowlist` against
+/// them (an entry naming an unknown rule id is an error). Returns the
+/// detector and warnings for a human: allowlist entries already expired at
+/// `now_ms`.
+///
+/// # Errors
+/// A rule file that does not load, or a bad allowlist entry.
+pub fn load_detection(
+    rules_path: &std::path::Path,
+    allowlist: &[crate::rules::allowlist::AllowlistEntry],
+    now_ms: i64,
+) -> Result<(Detector, Vec<String>), DetectionSetupError> {
+    let rules = crate::rules::rule_file::load_rules(rules_path)?;
+    let allowlist = Allowlist::new(allowlist)?;
+    let ids: Vec<&str> = rules.iter().map(|r| r.rule_id.as_str()).collect();
+    allowlist.check_rule_ids(&ids)?;
+    let warnings = allowlist
+        .expired(now_ms)
+        .into_iter()
+        .map(|(index, owner)| {
+            format!("allowlist entry {index} (owner {owner:?}) has expired and no longer applies")
+        })
+        .collect();
+    Ok((Detector::new(rules, allowlist), warnings))
+}
+
 impl Detector {
     pub fn new(rules: Vec<Rule>, allowlist: Allowlist) -> Detector {
         let prefilter = Prefilter::new(rules.iter().map(|r| &r.query));

@@ -223,10 +223,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Alerts { state, action } => alerts(&state, action),
-        Command::CheckConfig { config } => {
-            let config = Config::load(config.as_deref(), env_vars())?;
-            let rules = firstseen::rules::rule_file::load_rules(&config.rules.path)?;
-            for r in &rules {
+        Command::CheckConfig { config } => check_config(config.as_deref()),
+    }
+}
+
+/// `check-config`: everything `run` would check before consuming, without
+/// connecting anywhere: config, rules and allowlist, the ASN database, the
+/// sinks (secrets resolved, files openable), the Event Hubs credentials
+/// (resolved, not used), the state directory. Prints the effective
+/// configuration (secrets as where they come from) and every problem;
+/// exits 1 if there is one.
+fn check_config(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path, env_vars())?;
+    let mut problems: Vec<String> = Vec::new();
+    match firstseen::engine::load_detection(
+        &config.rules.path,
+        &config.allowlist,
+        firstseen::replay::now_ms(),
+    ) {
+        Ok((detector, warnings)) => {
+            for r in detector.rules() {
                 eprintln!(
                     "rule {} ({}): new terms {:?}, window {}",
                     r.rule_id,
@@ -235,17 +251,69 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     humantime::format_duration(r.history_window)
                 );
             }
-            match load_asn(&config)? {
-                Some(db) => eprintln!("asn database: {:?}", db.metadata()),
-                None => eprintln!("asn database: none configured"),
+            for w in warnings {
+                eprintln!("warning: {w}");
             }
-            println!(
-                "{}",
-                toml::to_string_pretty(&config).context("rendering the configuration")?
-            );
-            Ok(ExitCode::SUCCESS)
         }
+        Err(e) => problems.push(e.to_string()),
     }
+    match load_asn(&config) {
+        Ok(Some(db)) => {
+            let m = db.metadata();
+            eprintln!("asn database: {m}");
+        }
+        Ok(None) => eprintln!(
+            "warning: no ASN database ([asn] database): source.as.number stays empty, rules on it cannot match"
+        ),
+        Err(e) => problems.push(format!("asn.database: {}", error_chain(&e))),
+    }
+    if let Err(e) = firstseen::sink::build_sinks(&config.sinks) {
+        problems.push(e.to_string());
+    }
+    match &config.eventhubs {
+        Some(eh) => {
+            if let Err(e) = eh.check_credentials() {
+                problems.push(e.to_string());
+            }
+        }
+        None => eprintln!(
+            "warning: no [eventhubs] section: `run` cannot start (replay and normalize work)"
+        ),
+    }
+    if let Err(e) = check_writable_dir(&config.state.dir) {
+        problems.push(format!("state.dir: {e}"));
+    }
+    println!(
+        "{}",
+        toml::to_string_pretty(&config).context("rendering the configuration")?
+    );
+    for p in &problems {
+        eprintln!("problem: {p}");
+    }
+    Ok(if problems.is_empty() {
+        eprintln!("configuration ok");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `dir` exists and accepts a new file, or can be created (its nearest
+/// existing ancestor is a writable directory). Leaves nothing behind.
+fn check_writable_dir(dir: &std::path::Path) -> Result<(), String> {
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = existing
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+    }
+    if !existing.is_dir() {
+        return Err(format!("{} is not a directory", existing.display()));
+    }
+    tempfile::tempfile_in(existing)
+        .map(drop)
+        .map_err(|e| format!("{}: cannot create files here: {e}", existing.display()))
 }
 
 fn normalize(asn_db: Option<String>, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {

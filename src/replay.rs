@@ -18,8 +18,6 @@ use crate::config::Config;
 use crate::engine::{Candidate, Detector, SourcePosition};
 use crate::enrich::{AsnDb, AsnFormat, AsnSource};
 use crate::pipeline::{process_body_prefiltered, BodyContext, PipelineStats};
-use crate::rules::allowlist::Allowlist;
-use crate::rules::rule_file::load_rules;
 use crate::source::file::{expand_paths, for_each_body};
 use crate::store::{BatchWrite, Store};
 
@@ -105,9 +103,11 @@ pub fn replay(
 ) -> anyhow::Result<ReplaySummary> {
     let started = Instant::now();
     let config = &opts.config;
-    let rules = load_rules(&config.rules.path)?;
-    let allowlist = Allowlist::new(&config.allowlist)?;
-    let detector = Detector::new(rules, allowlist);
+    let (detector, warnings) =
+        crate::engine::load_detection(&config.rules.path, &config.allowlist, now_ms())?;
+    for w in warnings {
+        writeln!(errors, "warning: {w}")?;
+    }
     let asn = load_asn(config)?;
     if asn.is_none() {
         writeln!(

@@ -54,22 +54,49 @@ fn the_schema_rejects_broken_alerts() {
     let v = validator();
     let good = sample_alerts().remove(0);
     let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-        ("missing id", Box::new(|a| drop(a.as_object_mut().unwrap().remove("id")))),
+        (
+            "missing id",
+            Box::new(|a| drop(a.as_object_mut().unwrap().remove("id"))),
+        ),
         ("short id", Box::new(|a| a["id"] = "abc".into())),
-        ("bad severity", Box::new(|a| a["rule"]["severity"] = "urgent".into())),
-        ("risk score out of range", Box::new(|a| a["rule"]["risk_score"] = 101.into())),
-        ("four new-terms fields", Box::new(|a| {
-            a["new_terms"]["fields"] = serde_json::json!(["a", "b", "c", "d"]);
-        })),
-        ("unknown top-level key", Box::new(|a| a["extra"] = true.into())),
-        ("timestamp without millis", Box::new(|a| a["rule_time"] = "2025-03-01T09:12:00Z".into())),
-        ("wrong dataset", Box::new(|a| a["event"]["data_stream"]["dataset"] = "x".into())),
-        ("unknown source key", Box::new(|a| a["source"]["host"] = "x".into())),
+        (
+            "bad severity",
+            Box::new(|a| a["rule"]["severity"] = "urgent".into()),
+        ),
+        (
+            "risk score out of range",
+            Box::new(|a| a["rule"]["risk_score"] = 101.into()),
+        ),
+        (
+            "four new-terms fields",
+            Box::new(|a| {
+                a["new_terms"]["fields"] = serde_json::json!(["a", "b", "c", "d"]);
+            }),
+        ),
+        (
+            "unknown top-level key",
+            Box::new(|a| a["extra"] = true.into()),
+        ),
+        (
+            "timestamp without millis",
+            Box::new(|a| a["rule_time"] = "2025-03-01T09:12:00Z".into()),
+        ),
+        (
+            "wrong dataset",
+            Box::new(|a| a["event"]["data_stream"]["dataset"] = "x".into()),
+        ),
+        (
+            "unknown source key",
+            Box::new(|a| a["source"]["host"] = "x".into()),
+        ),
     ];
     assert!(v.is_valid(&good));
     for (what, mutate) in mutations {
         let mut bad = good.clone();
         mutate(&mut bad);
-        assert!(!v.is_valid(&bad), "the schema accepted an alert with {what}");
+        assert!(
+            !v.is_valid(&bad),
+            "the schema accepted an alert with {what}"
+        );
     }
 }

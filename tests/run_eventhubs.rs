@@ -553,12 +553,18 @@ async fn end_to_end_four_partitions_alerts_exactly_as_expected() {
     .unwrap();
     let validator = jsonschema::draft202012::new(&schema).unwrap();
     for (_, alert) in receiver.requests() {
-        let errors: Vec<String> = validator.iter_errors(&alert).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&alert)
+            .map(|e| e.to_string())
+            .collect();
         assert!(errors.is_empty(), "{errors:?}");
         let position = &alert["source"];
         assert!(position["partition"].is_string() && position["sequence_number"].is_i64());
         assert!(position["offset"].is_string() && position["enqueued_time"].is_string());
-        assert_eq!(position["enqueued_time"], alert["rule_time"], "rule time = enqueued time");
+        assert_eq!(
+            position["enqueued_time"], alert["rule_time"],
+            "rule time = enqueued time"
+        );
     }
 
     // What the service counted.
@@ -981,7 +987,10 @@ async fn br_15_lag_age_is_clamped_for_future_enqueued_times_and_counted() {
         "firstseen_decode_errors_total",
         "firstseen_sink_webhook_failures_total",
     ] {
-        assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing before any event");
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing before any event"
+        );
     }
     let at = |offset_s: i64| {
         let now = SystemTime::now();
@@ -1005,14 +1014,28 @@ async fn br_15_lag_age_is_clamped_for_future_enqueued_times_and_counted() {
             .sequence_number
     };
     let seq = publish_at(at(5));
-    fs.wait_committed(&BTreeMap::from([("0".to_string(), seq)])).await;
+    fs.wait_committed(&BTreeMap::from([("0".to_string(), seq)]))
+        .await;
     let lag = "partition=\"0\"";
-    assert_eq!(fs.metric("firstseen_source_consumer_lag_seconds", lag).await, 0.0);
-    assert_eq!(fs.metric("firstseen_clock_skew_events_total", "").await, 1.0);
+    assert_eq!(
+        fs.metric("firstseen_source_consumer_lag_seconds", lag)
+            .await,
+        0.0
+    );
+    assert_eq!(
+        fs.metric("firstseen_clock_skew_events_total", "").await,
+        1.0
+    );
 
     let seq = publish_at(at(-120));
-    fs.wait_committed(&BTreeMap::from([("0".to_string(), seq)])).await;
-    let age = fs.metric("firstseen_source_consumer_lag_seconds", lag).await;
+    fs.wait_committed(&BTreeMap::from([("0".to_string(), seq)]))
+        .await;
+    let age = fs
+        .metric("firstseen_source_consumer_lag_seconds", lag)
+        .await;
     assert!((119.0..130.0).contains(&age), "lag {age}");
-    assert_eq!(fs.metric("firstseen_clock_skew_events_total", "").await, 1.0);
+    assert_eq!(
+        fs.metric("firstseen_clock_skew_events_total", "").await,
+        1.0
+    );
 }

@@ -264,6 +264,46 @@ pub struct AsnMetadata {
     pub loaded_at: SystemTime,
 }
 
+/// One line for humans (`check-config`, logs).
+impl std::fmt::Display for AsnMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} file", self.format, self.files.len())?;
+        if self.files.len() != 1 {
+            f.write_str("s")?;
+        }
+        f.write_str(")")?;
+        if self.ranges_v4 + self.ranges_v6 > 0 {
+            write!(
+                f,
+                ", {} IPv4 and {} IPv6 ranges, {} organizations",
+                self.ranges_v4, self.ranges_v6, self.organizations
+            )?;
+        }
+        if self.mmdb_nodes > 0 {
+            write!(
+                f,
+                ", {} mmdb nodes ({})",
+                self.mmdb_nodes,
+                self.database_types.join(", ")
+            )?;
+        }
+        if let Some(epoch) = self.build_epoch {
+            let built = i64::try_from(epoch)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000);
+            write!(f, ", built {}", crate::normalize::format_timestamp(built))?;
+        }
+        if self.overlaps_resolved > 0 {
+            write!(
+                f,
+                ", {} overlapping ranges resolved narrowest-first",
+                self.overlaps_resolved
+            )?;
+        }
+        Ok(())
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Range tables (CSV / TSV)
 

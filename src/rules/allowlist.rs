@@ -47,6 +47,13 @@ pub enum AllowlistError {
     },
     #[error("allowlist entry {index}: owner and reason must not be empty")]
     Unaccountable { index: usize },
+    #[error("allowlist entry {index} (owner {owner:?}): rules names {rule:?}, which is not the rule_id of a loaded rule (loaded: {loaded})")]
+    UnknownRule {
+        index: usize,
+        owner: String,
+        rule: String,
+        loaded: String,
+    },
 }
 
 /// Compiled allowlist.
@@ -57,6 +64,7 @@ pub struct Allowlist {
 
 #[derive(Debug, Clone)]
 struct Compiled {
+    owner: String,
     asn: Option<u32>,
     resource_pattern: Option<Vec<String>>,
     rules: Vec<String>,
@@ -95,6 +103,7 @@ impl Allowlist {
                 }
             };
             out.push(Compiled {
+                owner: e.owner.clone(),
                 asn: e.asn,
                 resource_pattern: e
                     .resource_name
@@ -109,6 +118,38 @@ impl Allowlist {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Checks that every `rules` entry names a loaded rule's `rule_id` (an
+    /// entry naming a rule by its file name or a typo would silently never
+    /// apply).
+    ///
+    /// # Errors
+    /// The first entry naming an unknown rule id.
+    pub fn check_rule_ids(&self, loaded: &[&str]) -> Result<(), AllowlistError> {
+        for (index, e) in self.entries.iter().enumerate() {
+            if let Some(rule) = e.rules.iter().find(|r| !loaded.contains(&r.as_str())) {
+                return Err(AllowlistError::UnknownRule {
+                    index,
+                    owner: e.owner.clone(),
+                    rule: rule.clone(),
+                    loaded: loaded.join(", "),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries whose expiry date has passed at `now_ms`, as
+    /// `(index, owner)`: they no longer apply and should be removed or
+    /// renewed.
+    pub fn expired(&self, now_ms: i64) -> Vec<(usize, &str)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.expires_before_ms.is_some_and(|end| now_ms >= end))
+            .map(|(i, e)| (i, e.owner.as_str()))
+            .collect()
     }
 
     /// Whether `ev` is excluded for `rule_id` at rule time `t_ms`. Every
@@ -210,6 +251,31 @@ mod tests {
         assert!(!list.excludes("r", &event(16509, "VM-WEB-01/EXTENSIONS/X"), mar5 + day));
         assert!(list.excludes("r", &event(7018, "VM-BUILD-01/EXTENSIONS/DOCKER"), 0));
         assert!(!list.excludes("r", &event(7018, "VM-WEB-01/EXTENSIONS/DOCKER"), 0));
+    }
+
+    #[test]
+    fn rule_ids_must_be_loaded_and_expired_entries_are_reported() {
+        let mut by_name = entry(Some(9009), None, Some("2025-03-05"));
+        by_name.rules = vec!["azure_vm_extension_crud_unusual_source_asn".into()];
+        let list = Allowlist::new(&[entry(Some(1), None, None), by_name]).unwrap();
+        let err = list
+            .check_rule_ids(&["5f3c9a7e-2b41-4d8e-9c16-8a0f7d3b2e64"])
+            .unwrap_err();
+        assert!(
+            matches!(err, AllowlistError::UnknownRule { index: 1, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("5f3c9a7e-2b41-4d8e-9c16-8a0f7d3b2e64"),
+            "{err}"
+        );
+        assert!(list
+            .check_rule_ids(&["azure_vm_extension_crud_unusual_source_asn"])
+            .is_ok());
+        let mar6 = 1_741_219_200_000; // 2025-03-06T00:00:00Z
+        assert_eq!(list.expired(mar6), vec![(1, "platform-team")]);
+        assert!(list.expired(mar6 - 1).is_empty());
     }
 
     #[test]

@@ -416,6 +416,16 @@ impl EventHubsConfig {
         Ok(())
     }
 
+    /// Resolves the secret and builds the credential exactly as `run`
+    /// would, without connecting (for `check-config`).
+    ///
+    /// # Errors
+    /// As [`EventHubsSource::connect`] before it dials.
+    pub fn check_credentials(&self) -> Result<(), SourceError> {
+        self.validate()?;
+        ClientFactory::new(self).map(drop)
+    }
+
     fn start_position(&self) -> StartPosition {
         match self.start {
             StartFrom::Latest => StartPosition {
