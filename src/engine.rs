@@ -79,6 +79,20 @@ pub struct BatchReport {
     pub terms_written: usize,
 }
 
+/// `7 days`, `36 hours`, `90 minutes`: the window as a person writes it
+/// (humantime's `7days` reads badly in a sentence).
+fn readable_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    let unit = |n: u64, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    match secs {
+        0 => humantime::format_duration(d).to_string(),
+        s if s % 86_400 == 0 => unit(s / 86_400, "day"),
+        s if s % 3_600 == 0 => unit(s / 3_600, "hour"),
+        s if s % 60 == 0 => unit(s / 60, "minute"),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
 /// Why the configured rules and allowlist cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectionSetupError {
@@ -281,15 +295,16 @@ fn build_alert(
         .map(|(f, v)| format!("{f}={v}"))
         .collect();
     let window = humantime::format_duration(rule.history_window);
+    let readable_window = readable_duration(rule.history_window);
     let history = match last_seen_ms {
         None => "never seen before".to_string(),
         Some(last) => format!(
-            "last seen {} (more than {window} before)",
+            "last seen {}, more than the {readable_window} history window before",
             format_timestamp(last)
         ),
     };
     let reason = format!(
-        "New term ({}) for rule \"{}\" at {}: {history}; not seen in the previous {window}.",
+        "New term ({}) for rule \"{}\" at {}: {history}.",
         pairs.join(", "),
         rule.name,
         format_timestamp(candidate.rule_time_ms),
@@ -321,4 +336,25 @@ fn build_alert(
         "source": candidate.position,
     });
     (id, doc.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readable_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn windows_read_as_people_write_them() {
+        assert_eq!(readable_duration(Duration::from_secs(7 * 86_400)), "7 days");
+        assert_eq!(readable_duration(Duration::from_secs(86_400)), "1 day");
+        assert_eq!(
+            readable_duration(Duration::from_secs(36 * 3_600)),
+            "36 hours"
+        );
+        assert_eq!(
+            readable_duration(Duration::from_secs(90 * 60)),
+            "90 minutes"
+        );
+        assert_eq!(readable_duration(Duration::from_secs(61)), "1m 1s");
+    }
 }

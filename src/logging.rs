@@ -4,7 +4,8 @@
 //!
 //! Secrets never reach a log line: the configuration holds only the names
 //! of the environment variables and files that hold them, and the code that
-//! reads a secret never logs its value (tests/ops_logs.rs checks both).
+//! reads a secret never logs its value (tests/run_eventhubs.rs checks a
+//! whole run's log for the webhook secret and the connection string).
 
 use std::io::IsTerminal;
 
@@ -34,7 +35,10 @@ pub fn init(cfg: &LogConfig) -> anyhow::Result<()> {
             .with_current_span(false)
             .try_init()
     } else {
-        builder.try_init()
+        // Colours only on a terminal, not in redirected files.
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
     installed.map_err(|e| anyhow::anyhow!("installing the logger: {e}"))
 }

@@ -126,6 +126,18 @@ fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(code) => code,
+        // `firstseen normalize … | head`: the reader left; not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                let kind = c
+                    .downcast_ref::<std::io::Error>()
+                    .map(std::io::Error::kind)
+                    .or_else(|| c.downcast_ref::<serde_json::Error>()?.io_error_kind());
+                kind == Some(std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("firstseen: error: {}", error_chain(&e));
             ExitCode::from(2)

@@ -115,6 +115,12 @@ pub fn replay(
             "warning: no ASN database (--asn-db / [asn] database): source.as.number stays empty, rules on it cannot match"
         )?;
     }
+    if opts.learn && opts.state_dir.is_none() {
+        writeln!(
+            errors,
+            "warning: --learn without --state learns into a temporary directory that is deleted at exit"
+        )?;
+    }
     let temp_state;
     let state_dir = match &opts.state_dir {
         Some(dir) => dir.clone(),

@@ -212,3 +212,33 @@ fn unreadable_and_truncated_files_are_reported_and_the_rest_replayed() {
         "each term alerts once, whichever copy carried it first"
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_is_not_an_error() {
+    use std::io::BufRead;
+    // `firstseen normalize … | head -1`
+    let mut child = Command::new(env!("CARGO_BIN_EXE_firstseen"))
+        .arg("normalize")
+        .arg(root().join("samples/activity-logs"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with('{'));
+    // The reader is dropped here; the writer gets EPIPE.
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

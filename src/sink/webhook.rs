@@ -614,7 +614,7 @@ impl Worker {
                 };
                 self.stats().record_failure(reason);
                 self.stats().record_dead_letter(DeadLetterReason::Rejected);
-                tracing::warn!(sink = %self.sink.name, alert_id = %slot.alert.id, status = ?slot.last_status,
+                tracing::warn!(sink = %self.sink.name, alert_id = %slot.alert.id, status = slot.last_status.unwrap_or(0),
                     reason = reason.as_label(), "receiver rejected the alert; dead-lettered");
                 self.acks.insert(
                     seq,
@@ -656,7 +656,7 @@ impl Worker {
                 if let Some(slot) = self.window.get_mut(&seq) {
                     slot.not_before = now + alert_delay;
                     tracing::warn!(sink = %self.sink.name, alert_id = %slot.alert.id, attempts = slot.attempts,
-                        reason = reason.as_label(), status = ?slot.last_status,
+                        reason = reason.as_label(), status = slot.last_status.unwrap_or(0),
                         retry_in_ms = u64::try_from(sink_delay.max(alert_delay).as_millis()).unwrap_or(u64::MAX),
                         "delivery failed; will retry");
                 }
