@@ -158,6 +158,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     let source_stats = Arc::new(SourceStats::new(&partitions));
+    for (partition, cp) in &checkpoints {
+        source_stats.set_committed(partition, cp.sequence_number, cp.enqueued_time_ms);
+    }
     let (tx, rx) = mpsc::channel::<PartitionBatch>(CHANNEL_BATCHES);
     let reader_stop = shutdown.child_token();
     let mut readers = JoinSet::new();
@@ -191,7 +194,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         rule_metrics: Vec::new(),
         source_stats: source_stats.clone(),
     };
-    let evaluator_task = tokio::task::spawn_blocking(move || evaluator.run(rx));
+    let mut evaluator_task = tokio::task::spawn_blocking(move || evaluator.run(rx));
 
     // Background upkeep: metrics mirroring, readiness, term GC, ASN reloads.
     let upkeep_stop = CancellationToken::new();
@@ -217,16 +220,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
 
     // Readers end on shutdown, when their partition is taken over, or when
-    // the evaluator stops.
+    // the evaluator stops. An evaluator that stops on its own (a failed
+    // commit) stops the readers too, so the error surfaces at once.
     let mut lost = 0usize;
-    while let Some(exit) = readers.join_next().await {
-        match exit {
-            Ok(PartitionExit::OwnershipLost) => lost += 1,
-            Ok(PartitionExit::Shutdown | PartitionExit::EvaluatorGone) => {}
-            Err(e) => tracing::error!(error = %e, "partition reader task failed"),
+    let mut evaluator_result = None;
+    loop {
+        tokio::select! {
+            exit = readers.join_next() => match exit {
+                None => break,
+                Some(Ok(PartitionExit::OwnershipLost)) => lost += 1,
+                Some(Ok(PartitionExit::Shutdown | PartitionExit::EvaluatorGone)) => {}
+                Some(Err(e)) => {
+                    // Readers do not panic by design; if one does, the
+                    // service stops rather than run with a blind partition.
+                    tracing::error!(error = %e, "partition reader task failed; stopping");
+                    reader_stop.cancel();
+                }
+            },
+            result = &mut evaluator_task, if evaluator_result.is_none() => {
+                evaluator_result = Some(result);
+                reader_stop.cancel();
+            }
         }
     }
-    if lost == partitions.len() && !shutdown.is_cancelled() {
+    if lost == partitions.len() && evaluator_result.is_none() && !shutdown.is_cancelled() {
         // Every partition belongs to another instance now. Stay up (not
         // ready, metrics served) so the operator sees why, until stopped.
         tracing::error!("every partition was taken over by another instance; idle until stopped");
@@ -234,7 +251,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     // The readers dropped their senders: the evaluator drains what is
     // queued, commits it and returns.
-    match evaluator_task.await {
+    let evaluator_result = match evaluator_result {
+        Some(result) => result,
+        None => evaluator_task.await,
+    };
+    match evaluator_result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             upkeep_stop.cancel();
@@ -415,6 +436,11 @@ impl Evaluator {
         pm.checkpoint_commits.inc();
         pm.checkpoint_sequence_number
             .set(checkpoint.sequence_number);
+        self.source_stats.set_committed(
+            &partition,
+            checkpoint.sequence_number,
+            checkpoint.enqueued_time_ms,
+        );
         if !report.alerts.is_empty() {
             for alert in &report.alerts {
                 tracing::info!(
@@ -505,6 +531,7 @@ async fn upkeep_loop(u: Upkeep) {
             }
         }
         mirror.mirror_source(&u.metrics, &u.source_stats);
+        refresh_lag(&u.metrics, &u.source_stats);
         for (name, stats) in &u.sink_stats {
             mirror.mirror_sink(&u.metrics, name, stats);
         }
@@ -562,6 +589,34 @@ async fn upkeep_loop(u: Upkeep) {
     }
     if let Some(h) = gc_running {
         let _ = h.await;
+    }
+}
+
+/// Lag from the poller's last enqueued sequence number and the committed
+/// checkpoint, every second: without it the gauges would freeze at their
+/// last value exactly when a partition stops making progress (retrying,
+/// stalled). The age only moves while the partition is behind; skew is
+/// counted where batches are committed, not here.
+fn refresh_lag(metrics: &Metrics, stats: &SourceStats) {
+    let now = SystemTime::now();
+    for partition in stats.partitions() {
+        let (Some(last), Some((committed, enqueued_ms))) = (
+            stats.last_enqueued_sequence_number(&partition),
+            stats.committed(&partition),
+        ) else {
+            continue;
+        };
+        let pm = metrics.partition(&partition);
+        let lag = crate::metrics::compute_lag(
+            last,
+            committed,
+            crate::sink::retry::system_time_from_ms(enqueued_ms),
+            now,
+        );
+        pm.lag_events.set(lag.events);
+        if lag.events > 0 {
+            pm.lag_seconds.set(lag.seconds);
+        }
     }
 }
 

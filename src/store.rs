@@ -163,6 +163,11 @@ pub struct Store {
     db: DB,
     path: PathBuf,
     next_seq: AtomicU64,
+    /// Serializes batch commits with the term GC's deletes: GC re-reads a
+    /// term under this lock before deleting it, so a term the evaluator
+    /// has just refreshed is never deleted by a sweep that saw its old
+    /// value (that would make its next record alert a second time).
+    term_writes: std::sync::Mutex<()>,
 }
 
 /// RocksDB settings of the `terms` column family, the only one that grows
@@ -348,6 +353,7 @@ impl Store {
             db,
             path: path.to_owned(),
             next_seq: AtomicU64::new(0),
+            term_writes: std::sync::Mutex::new(()),
         };
         let last = [CF_OUTBOX, CF_DEAD_LETTERS, CF_DEAD_EVENTS]
             .iter()
@@ -400,6 +406,7 @@ impl Store {
             db,
             path: path.to_owned(),
             next_seq: AtomicU64::new(0),
+            term_writes: std::sync::Mutex::new(()),
         })
     }
 
@@ -444,21 +451,45 @@ impl Store {
     /// Only reclaims space: decisions never depend on it having run.
     pub fn gc_terms(&self, before_ms: i64) -> Result<u64, StoreError> {
         let cf = self.cf(CF_TERMS);
-        let mut batch = WriteBatch::default();
         let mut expired = 0u64;
+        let mut candidates: Vec<Box<[u8]>> = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item?;
-            let state = TermState::decode(&v)?;
-            if state.last_seen_ms < before_ms {
-                batch.delete_cf(cf, k);
-                expired += 1;
-                if batch.len() >= 10_000 {
-                    self.db.write(std::mem::take(&mut batch))?;
+            if TermState::decode(&v)?.last_seen_ms < before_ms {
+                candidates.push(k);
+                if candidates.len() >= 10_000 {
+                    expired += self.delete_if_still_expired(&mut candidates, before_ms)?;
+                }
+            }
+        }
+        expired += self.delete_if_still_expired(&mut candidates, before_ms)?;
+        Ok(expired)
+    }
+
+    /// Deletes the `candidates` whose stored last-seen is still before
+    /// `before_ms`, re-read under the commit lock (see `term_writes`).
+    fn delete_if_still_expired(
+        &self,
+        candidates: &mut Vec<Box<[u8]>>,
+        before_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let cf = self.cf(CF_TERMS);
+        let _commits_wait = self
+            .term_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut batch = WriteBatch::default();
+        let mut n = 0;
+        for key in candidates.drain(..) {
+            if let Some(v) = self.db.get_cf(cf, &key)? {
+                if TermState::decode(&v)?.last_seen_ms < before_ms {
+                    batch.delete_cf(cf, &key);
+                    n += 1;
                 }
             }
         }
         self.db.write(batch)?;
-        Ok(expired)
+        Ok(n)
     }
 
     /// Approximate number of stored terms (RocksDB's estimate; cheap).
@@ -515,6 +546,10 @@ impl Store {
     pub fn commit(&self, w: BatchWrite) -> Result<(), StoreError> {
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
+        let _no_gc_delete_meanwhile = self
+            .term_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.db.write_opt(w.batch, &opts)?;
         Ok(())
     }
@@ -944,6 +979,34 @@ mod tests {
         assert_eq!(store.gc_terms(50).unwrap(), 1);
         assert!(store.get_term(&term_key("r", &[b"old"])).unwrap().is_none());
         assert!(store.get_term(&term_key("r", &[b"new"])).unwrap().is_some());
+    }
+
+    /// A term the evaluator refreshes after the sweep saw it old is kept:
+    /// deleting it would make its next record inside the window alert again.
+    #[test]
+    fn gc_keeps_a_term_refreshed_after_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = term_key("r", &[b"t"]);
+        let put = |last| {
+            let mut w = BatchWrite::default();
+            store.put_term(
+                &mut w,
+                &key,
+                TermState {
+                    last_seen_ms: last,
+                    first_seen_ms: 10,
+                },
+            );
+            store.commit(w).unwrap();
+        };
+        put(10);
+        // The sweep's scan saw the term old...
+        let mut candidates: Vec<Box<[u8]>> = vec![key.clone().into_boxed_slice()];
+        // ...then a record refreshed it before the delete landed.
+        put(1_000);
+        assert_eq!(store.delete_if_still_expired(&mut candidates, 50).unwrap(), 0);
+        assert_eq!(store.get_term(&key).unwrap().unwrap().last_seen_ms, 1_000);
     }
 
     /// BR-10: a database written in RocksDB's TTL mode (values carry a

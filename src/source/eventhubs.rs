@@ -56,6 +56,16 @@ const RETRY_GRACE: Duration = Duration::from_secs(120);
 const LAG_POLL_INTERVAL: Duration = Duration::from_secs(15);
 /// Bound on closing a receiver (the SDK's close has no timeout of its own).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one SDK call that does I/O (connect, properties): the SDK's own
+/// retry budget is only checked after a call returns, and a black-holed
+/// endpoint would otherwise hold a reader (and shutdown) for minutes.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A batch is also handed over once its bodies reach this many bytes, so
+/// memory is bounded by bytes (Standard-tier events are up to 1 MiB).
+const BATCH_MAX_BYTES: usize = 4 << 20;
+/// A reader whose receiver stays up this long without an error is healthy
+/// again even if its partition is quiet.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -582,8 +592,18 @@ pub enum PartitionState {
     Attaching,
     /// Receiver open and reading.
     Attached,
-    /// Waiting to reconnect after a transient failure.
-    Retrying(String),
+    /// Failing since `since` (the first failure of the current streak,
+    /// kept across reconnect attempts), retrying.
+    Retrying {
+        /// The last failure.
+        reason: String,
+        /// When the streak began.
+        since: std::time::Instant,
+    },
+    /// A failure that retrying is unlikely to cure (authorization, a
+    /// missing hub or partition): not ready at once; still retried slowly
+    /// so that fixing the role assignment recovers without a restart.
+    Failing(String),
     /// Taken over by another instance.
     Lost,
     /// Stopped by shutdown.
@@ -597,7 +617,16 @@ impl PartitionState {
         match self {
             PartitionState::Attached => check.set_ok(),
             PartitionState::Attaching => check.set_failing("attaching the receiver"),
-            PartitionState::Retrying(reason) => check.set_retrying(reason.clone(), RETRY_GRACE),
+            PartitionState::Retrying { reason, since } => {
+                match RETRY_GRACE.checked_sub(since.elapsed()) {
+                    Some(left) if !left.is_zero() => check.set_retrying(reason.clone(), left),
+                    _ => check.set_failing(format!(
+                        "retrying for over {}s: {reason}",
+                        RETRY_GRACE.as_secs()
+                    )),
+                }
+            }
+            PartitionState::Failing(reason) => check.set_failing(reason.clone()),
             PartitionState::Lost => check.set_failing(
                 "taken over by a receiver with a higher owner level (another instance?)",
             ),
@@ -619,6 +648,10 @@ struct PartitionStats {
     redelivered: AtomicU64,
     /// `i64::MIN` until the first properties read.
     last_enqueued: AtomicI64,
+    /// The committed checkpoint (`i64::MIN` before any) and its enqueued
+    /// time, Unix ms; set by the evaluator.
+    committed: AtomicI64,
+    committed_enqueued_ms: AtomicI64,
     state: Mutex<PartitionState>,
 }
 
@@ -644,6 +677,8 @@ impl SourceStats {
                             reconnects: AtomicU64::new(0),
                             redelivered: AtomicU64::new(0),
                             last_enqueued: AtomicI64::new(i64::MIN),
+                            committed: AtomicI64::new(i64::MIN),
+                            committed_enqueued_ms: AtomicI64::new(0),
                             state: Mutex::new(PartitionState::Attaching),
                         },
                     )
@@ -709,6 +744,22 @@ impl SourceStats {
             .filter(|v| *v != i64::MIN)
     }
 
+    /// Records a committed checkpoint (the evaluator, after its commit).
+    pub fn set_committed(&self, p: &str, sequence_number: i64, enqueued_time_ms: i64) {
+        if let Some(s) = self.get(p) {
+            s.committed_enqueued_ms
+                .store(enqueued_time_ms, Ordering::Relaxed);
+            s.committed.store(sequence_number, Ordering::Relaxed);
+        }
+    }
+
+    /// The committed checkpoint's sequence number and enqueued time (ms).
+    pub fn committed(&self, p: &str) -> Option<(i64, i64)> {
+        let s = self.get(p)?;
+        let seq = s.committed.load(Ordering::Relaxed);
+        (seq != i64::MIN).then(|| (seq, s.committed_enqueued_ms.load(Ordering::Relaxed)))
+    }
+
     /// The reader's current state.
     pub fn partition_state(&self, p: &str) -> Option<PartitionState> {
         self.get(p).map(|s| lock(&s.state).clone())
@@ -748,6 +799,9 @@ pub enum ErrorClass {
     OwnershipLost,
     /// Retry with backoff; counted under this kind.
     Transient(ConnectionErrorKind),
+    /// Unlikely to pass by itself (unauthorized, not found): reported as
+    /// failing at once, retried at the longest backoff.
+    Permanent(ConnectionErrorKind),
 }
 
 /// Classifies an SDK error. `ConsumerDisconnected` is typed; the rest is
@@ -759,7 +813,21 @@ pub fn classify(error: &EventHubsError) -> ErrorClass {
         return ErrorClass::OwnershipLost;
     }
     let text = format!("{error} {:?}", error.kind).to_ascii_lowercase();
-    ErrorClass::Transient(classify_text(&text))
+    let kind = classify_text(&text);
+    let permanent = [
+        "unauthorized",
+        "forbidden",
+        "not found",
+        "notfound",
+        "does not exist",
+    ]
+    .iter()
+    .any(|n| text.contains(n));
+    if permanent {
+        ErrorClass::Permanent(kind)
+    } else {
+        ErrorClass::Transient(kind)
+    }
 }
 
 /// The counter label for a transient error, from its text.
@@ -773,8 +841,11 @@ pub fn classify_text(text: &str) -> ConnectionErrorKind {
         ConnectionErrorKind::ServiceBusy
     } else if has(&[
         "unauthorized",
+        "forbidden",
         "authenticat",
-        "token",
+        "access token",
+        "sas token",
+        "get_token",
         "cbs",
         "put-token",
         "credential",
@@ -980,6 +1051,8 @@ impl EventHubsSource {
                 config: self.config.clone(),
                 partition: Arc::from(partition.as_str()),
                 resume_after: start_after.get(partition).map(|s| s.sequence_number),
+                initial: None,
+                failing_since: None,
                 tx: tx.clone(),
                 stop: stop.clone(),
                 stats: stats.clone(),
@@ -1011,7 +1084,10 @@ async fn poll_lag(
     let mut failed_rounds = 0;
     loop {
         if client.is_none() {
-            client = factory.open().await.ok();
+            client = tokio::time::timeout(CALL_TIMEOUT, factory.open())
+                .await
+                .ok()
+                .and_then(Result::ok);
         }
         if let Some(c) = &client {
             let mut failed = false;
@@ -1019,7 +1095,12 @@ async fn poll_lag(
                 if stop.is_cancelled() {
                     break;
                 }
-                match c.get_partition_properties(p).await {
+                let props = tokio::time::timeout(CALL_TIMEOUT, c.get_partition_properties(p)).await;
+                match props.unwrap_or_else(|_| {
+                    Err(EventHubsError::from(ErrorKind::SimpleMessage(
+                        "reading partition properties timed out".into(),
+                    )))
+                }) {
                     Ok(props) => {
                         if let Some(s) = stats.get(p) {
                             s.last_enqueued
@@ -1059,6 +1140,8 @@ enum Pump {
     Replay,
     /// The stream ended without an error.
     Ended,
+    /// Opening took longer than [`CALL_TIMEOUT`].
+    TimedOut,
     Failed(EventHubsError),
 }
 
@@ -1071,6 +1154,12 @@ struct PartitionReader {
     /// The last sequence number handed to the evaluator (initially the
     /// committed checkpoint). The next receiver starts strictly after it.
     resume_after: Option<i64>,
+    /// The start position chosen for a partition without a checkpoint,
+    /// decided once: a reopen before the first event must not re-pin
+    /// `latest` (events published in between would be skipped).
+    initial: Option<StartPosition>,
+    /// First failure of the current failure streak (readiness).
+    failing_since: Option<std::time::Instant>,
     tx: mpsc::Sender<PartitionBatch>,
     stop: CancellationToken,
     stats: Arc<SourceStats>,
@@ -1085,15 +1174,31 @@ impl PartitionReader {
         };
         let mut jitter = FullJitter::new();
         let mut failures: u32 = 0;
+        let mut replays: u32 = 0;
+        let mut permanent = false;
         let p = self.partition.clone();
         loop {
             if self.stop.is_cancelled() {
                 return self.exit(PartitionExit::Shutdown).await;
             }
-            self.stats.set_state(&p, PartitionState::Attaching);
-            let outcome = match self.open().await {
-                Ok(receiver) => {
-                    self.stats.set_state(&p, PartitionState::Attached);
+            if self.failing_since.is_none() {
+                self.stats.set_state(&p, PartitionState::Attaching);
+            }
+            let stop = self.stop.clone();
+            let opened = tokio::select! {
+                _ = stop.cancelled() => None,
+                opened = tokio::time::timeout(CALL_TIMEOUT, self.open()) => Some(opened),
+            };
+            let Some(opened) = opened else {
+                return self.exit(PartitionExit::Shutdown).await;
+            };
+            let outcome = match opened {
+                Err(_) => Pump::TimedOut,
+                Ok(Err(e)) => Pump::Failed(e),
+                Ok(Ok(receiver)) => {
+                    if self.failing_since.is_none() {
+                        self.stats.set_state(&p, PartitionState::Attached);
+                    }
                     let outcome = self.pump(&receiver, &mut failures).await;
                     if tokio::time::timeout(CLOSE_TIMEOUT, receiver.close())
                         .await
@@ -1103,7 +1208,6 @@ impl PartitionReader {
                     }
                     outcome
                 }
-                Err(e) => Pump::Failed(e),
             };
             match outcome {
                 Pump::Shutdown => return self.exit(PartitionExit::Shutdown).await,
@@ -1121,8 +1225,17 @@ impl PartitionReader {
                     if let Some(client) = self.client.take() {
                         close_client(client).await;
                     }
+                    // A receiver that replays again at once must not spin.
+                    replays = replays.saturating_add(1);
+                    if replays > 1 {
+                        let delay = policy.next_delay(replays - 1, None, &mut jitter);
+                        tokio::select! {
+                            _ = self.stop.cancelled() => return self.exit(PartitionExit::Shutdown).await,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
                 }
-                Pump::Ended | Pump::Failed(_) => {
+                Pump::Ended | Pump::Failed(_) | Pump::TimedOut => {
                     // A fresh connection next time: the SDK's own recovery
                     // can leave a client with a session it never re-creates.
                     if let Some(client) = self.client.take() {
@@ -1141,28 +1254,55 @@ impl PartitionReader {
                                 return self.exit(PartitionExit::OwnershipLost).await;
                             }
                             ErrorClass::Transient(kind) => (kind, e.to_string()),
+                            ErrorClass::Permanent(kind) => {
+                                permanent = true;
+                                (kind, e.to_string())
+                            }
                         },
+                        Pump::TimedOut => (
+                            ConnectionErrorKind::Timeout,
+                            format!("opening the receiver took over {}s", CALL_TIMEOUT.as_secs()),
+                        ),
                         _ => (
                             ConnectionErrorKind::ConnectionClosed,
                             "the receiver stream ended".to_string(),
                         ),
                     };
                     failures = failures.saturating_add(1);
+                    replays = 0;
                     self.stats.count_error(kind);
                     self.stats.add(&p, |s| &s.reconnects);
-                    let delay = policy.next_delay(failures, None, &mut jitter);
-                    tracing::warn!(
-                        partition = %p,
-                        kind = kind.as_str(),
-                        error = %message,
-                        retry_in_ms = delay.as_millis() as u64,
-                        consecutive_failures = failures,
-                        "receiver failed; reconnecting"
-                    );
-                    self.stats.set_state(
-                        &p,
-                        PartitionState::Retrying(format!("{}: {message}", kind.as_str())),
-                    );
+                    let since = *self
+                        .failing_since
+                        .get_or_insert_with(std::time::Instant::now);
+                    let reason = format!("{}: {message}", kind.as_str());
+                    let delay = if permanent {
+                        policy.max_interval
+                    } else {
+                        policy.next_delay(failures, None, &mut jitter)
+                    };
+                    if permanent {
+                        tracing::error!(
+                            partition = %p,
+                            kind = kind.as_str(),
+                            error = %message,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "receiver refused (check the identity's Azure Event Hubs Data Receiver role, the hub and the consumer group); retrying slowly"
+                        );
+                        self.stats.set_state(&p, PartitionState::Failing(reason));
+                    } else {
+                        tracing::warn!(
+                            partition = %p,
+                            kind = kind.as_str(),
+                            error = %message,
+                            retry_in_ms = delay.as_millis() as u64,
+                            consecutive_failures = failures,
+                            "receiver failed; reconnecting"
+                        );
+                        self.stats
+                            .set_state(&p, PartitionState::Retrying { reason, since });
+                    }
+                    permanent = false;
                     tokio::select! {
                         _ = self.stop.cancelled() => return self.exit(PartitionExit::Shutdown).await,
                         _ = tokio::time::sleep(delay) => {}
@@ -1194,7 +1334,14 @@ impl PartitionReader {
                 location: StartLocation::SequenceNumber(seq),
                 inclusive: false,
             },
-            None => initial_position(client, &self.config, &self.partition).await?,
+            None => match &self.initial {
+                Some(position) => position.clone(),
+                None => {
+                    let position = initial_position(client, &self.config, &self.partition).await?;
+                    self.initial = Some(position.clone());
+                    position
+                }
+            },
         };
         tracing::debug!(partition = %self.partition, ?start_position, "opening receiver");
         client
@@ -1220,7 +1367,11 @@ impl PartitionReader {
         let stream = receiver.stream_events();
         futures::pin_mut!(stream);
         let mut batch: Vec<ReceivedEvent> = Vec::new();
+        let mut batch_bytes = 0usize;
         let mut deadline: Option<Instant> = None;
+        // A failure streak ends with the first event, or once the receiver
+        // has stayed up for HEALTHY_AFTER (a quiet partition).
+        let mut healthy_at = self.failing_since.map(|_| Instant::now() + HEALTHY_AFTER);
         loop {
             let item = tokio::select! {
                 biased;
@@ -1230,8 +1381,17 @@ impl PartitionReader {
                         Err(()) => Pump::EvaluatorGone,
                     };
                 }
+                // The evaluator stopped (a failed commit): stop reading now
+                // rather than at the next event of a quiet partition.
+                _ = self.tx.closed() => return Pump::EvaluatorGone,
+                _ = sleep_until(healthy_at) => {
+                    healthy_at = None;
+                    self.mark_healthy();
+                    continue;
+                }
                 _ = sleep_until(deadline) => {
                     deadline = None;
+                    batch_bytes = 0;
                     if self.flush(&mut batch).await.is_err() {
                         return Pump::EvaluatorGone;
                     }
@@ -1244,17 +1404,35 @@ impl PartitionReader {
                 Some(Err(e)) => Some(Pump::Failed(e)),
                 Some(Ok(event)) => {
                     *failures = 0;
-                    self.stats
-                        .set_state(&self.partition, PartitionState::Attached);
+                    healthy_at = None;
+                    self.mark_healthy();
                     match self.accept(event) {
                         Accepted::Event(ev) => {
+                            if let Some(last) = self.resume_after {
+                                if ev.sequence_number > last + 1 {
+                                    // Retention removed events after the
+                                    // checkpoint (firstseen was down longer
+                                    // than the hub keeps events).
+                                    tracing::warn!(
+                                        partition = %self.partition,
+                                        after = last,
+                                        next = ev.sequence_number,
+                                        missing = ev.sequence_number - last - 1,
+                                        "sequence numbers skipped: events expired from the hub before they were read"
+                                    );
+                                }
+                            }
                             self.resume_after = Some(ev.sequence_number);
+                            batch_bytes += ev.body.len();
                             batch.push(ev);
                             if batch.len() == 1 {
                                 deadline = Some(Instant::now() + self.config.batch_max_wait);
                             }
-                            if batch.len() >= self.config.batch_max_events {
+                            if batch.len() >= self.config.batch_max_events
+                                || batch_bytes >= BATCH_MAX_BYTES
+                            {
                                 deadline = None;
+                                batch_bytes = 0;
                                 if self.flush(&mut batch).await.is_err() {
                                     return Pump::EvaluatorGone;
                                 }
@@ -1274,6 +1452,13 @@ impl PartitionReader {
                 return outcome;
             }
         }
+    }
+
+    /// Ends a failure streak: the partition is attached and reading.
+    fn mark_healthy(&mut self) {
+        self.failing_since = None;
+        self.stats
+            .set_state(&self.partition, PartitionState::Attached);
     }
 
     fn accept(&self, event: ReceivedEventData) -> Accepted {
@@ -1504,6 +1689,30 @@ env = "EH_CONN"
             K::ConnectionClosed
         );
         assert_eq!(classify_text("something odd"), K::Other);
+        assert_eq!(classify_text("cancellation token fired"), K::Other);
+    }
+
+    #[test]
+    fn refusals_are_permanent_and_busy_is_transient() {
+        let err = |m: &'static str| EventHubsError::from(ErrorKind::SimpleMessage(m.into()));
+        assert_eq!(
+            classify(&err("CBS put-token: status 401 Unauthorized")),
+            ErrorClass::Permanent(ConnectionErrorKind::Auth)
+        );
+        assert!(matches!(
+            classify(&err(
+                "The messaging entity 'x' could not be found (NotFound)"
+            )),
+            ErrorClass::Permanent(_)
+        ));
+        assert_eq!(
+            classify(&err("com.microsoft:server-busy")),
+            ErrorClass::Transient(ConnectionErrorKind::ServiceBusy)
+        );
+        assert_eq!(
+            classify(&EventHubsError::from(ErrorKind::ConsumerDisconnected(None))),
+            ErrorClass::OwnershipLost
+        );
     }
 
     #[test]
@@ -1512,11 +1721,28 @@ env = "EH_CONN"
         let check = health.register("partition-0", "attaching");
         PartitionState::Attached.apply(&check);
         assert!(health.report().is_ready());
-        PartitionState::Retrying("connect: refused".into()).apply(&check);
+        PartitionState::Retrying {
+            reason: "connect: refused".into(),
+            since: std::time::Instant::now(),
+        }
+        .apply(&check);
         assert!(
             health.report().is_ready(),
             "retrying is ready within the grace period"
         );
+        // A streak older than the grace period fails, however often the
+        // reader went through attaching in between.
+        if let Some(long_ago) = std::time::Instant::now().checked_sub(RETRY_GRACE * 2) {
+            PartitionState::Attached.apply(&check);
+            PartitionState::Retrying {
+                reason: "connect: refused".into(),
+                since: long_ago,
+            }
+            .apply(&check);
+            assert!(!health.report().is_ready());
+        }
+        PartitionState::Failing("auth: unauthorized".into()).apply(&check);
+        assert!(!health.report().is_ready(), "a refusal fails at once");
         PartitionState::Lost.apply(&check);
         assert!(!health.report().is_ready());
     }
