@@ -309,3 +309,32 @@ fn microsoft_documented_examples_normalize() {
         }
     }
 }
+
+/// The parity holds for the shipped binary too: `firstseen normalize` over
+/// every fixture input prints, line for line, the documents the library
+/// path above compares with Elastic's.
+#[test]
+fn the_normalize_command_prints_the_same_documents() {
+    for (input, _) in PAIRS {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_firstseen"))
+            .arg("normalize")
+            .arg(fixtures().join(input))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{input}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let expected: Vec<Value> = read_lines(input)
+            .iter()
+            .map(|l| normalize_line(l))
+            .collect();
+        assert_eq!(printed, expected, "{input}");
+    }
+}
