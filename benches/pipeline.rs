@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Generates a seeded workload in memory (`benches/workload/mod.rs`), then
-//! times, best of `--reps` (default 5):
+//! times each of these once per round for `--reps` rounds (default 5,
+//! interleaved so that noise from other processes spreads over all of
+//! them) and keeps the best:
 //! - **ceiling**: serde_json parsing every body into typed records that
 //!   borrow only the fields the seed rule needs (`operationName`,
 //!   `resultType`, `resourceId`, `callerIpAddress`, `time`), everything
@@ -19,7 +21,8 @@
 //! - the same full pipeline with the raw-byte prefilter.
 //!
 //! Prints records/s, MB/s and the ratio to the ceiling. Not a test: it
-//! asserts nothing about time.
+//! asserts nothing about time. `--profile NAME` runs only the measurement
+//! whose name starts with NAME, `--reps` times (for `perf record`).
 
 mod workload;
 
@@ -133,6 +136,8 @@ fn process_bodies(env: &Env, bodies: &[Vec<u8>]) -> usize {
 
 #[derive(Default, Debug, Clone, Copy)]
 struct FullReport {
+    /// Processing time, without opening and closing the store.
+    elapsed: Duration,
     records: u64,
     matched: u64,
     alerts: u64,
@@ -165,13 +170,16 @@ fn full(
     state: &std::path::Path,
     prefilter: bool,
 ) -> (FullReport, PipelineStats) {
+    // Opening (creating) the state directory is not part of the
+    // throughput; `report.elapsed` starts after it.
     let store = Store::open(state).expect("state dir");
+    let started = Instant::now();
     let mut stats = PipelineStats::default();
     let mut pending: Vec<Candidate> = Vec::with_capacity(BATCH_RECORDS);
     let ctx = BodyContext::default();
     let mut report = FullReport::default();
     let mut batch_start = 0u64;
-    let mut flush = |pending: &mut Vec<Candidate>, report: &mut FullReport| {
+    let flush = |pending: &mut Vec<Candidate>, report: &mut FullReport| {
         if pending.is_empty() {
             return;
         }
@@ -215,19 +223,8 @@ fn full(
     }
     flush(&mut pending, &mut report);
     report.records = stats.records;
+    report.elapsed = started.elapsed();
     (report, stats)
-}
-
-fn best_of<T>(reps: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
-    let mut best = Duration::MAX;
-    let mut last = None;
-    for _ in 0..reps {
-        let start = Instant::now();
-        let out = f();
-        best = best.min(start.elapsed());
-        last = Some(out);
-    }
-    (best, last.expect("reps >= 1"))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -238,11 +235,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = workload::WorkloadConfig::default();
     let rest = cfg.apply_args(&args);
     let mut reps = 5;
+    let mut profile: Option<String> = None;
     let mut asn_dir = PathBuf::from("data/asn");
     let mut it = rest.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--reps" => reps = it.next().ok_or("--reps N")?.parse()?,
+            "--profile" => profile = Some(it.next().ok_or("--profile NAME")?.clone()),
             "--asn-db" => asn_dir = it.next().ok_or("--asn-db DIR")?.into(),
             other => return Err(format!("unknown argument {other:?}").into()),
         }
@@ -269,49 +268,107 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .tempdir_in(std::env::temp_dir())?;
 
     println!(
-        "one core: run under `taskset -c N`; best of {reps} repetitions; {} bodies, {:.1} MB",
+        "one core: run under `taskset -c N`; best of {reps} interleaved rounds; {} bodies, {:.1} MB",
         bodies.len(),
         bytes as f64 / 1e6
     );
-    let mut rows: Vec<(String, Duration)> = Vec::new();
-    let (ceiling_t, n) = best_of(reps, || ceiling(&bodies));
-    assert_eq!(n, wstats.records);
-    rows.push((
-        "ceiling: serde_json typed, borrowed fields".into(),
-        ceiling_t,
-    ));
-    let (t, n) = best_of(reps, || decode_only(&env, &bodies));
-    assert_eq!(n, wstats.records);
-    rows.push(("decode".into(), t));
-    let (t, _) = best_of(reps, || decode_normalize(&env, &bodies, false));
-    rows.push(("decode + normalize".into(), t));
-    let (t, _) = best_of(reps, || decode_normalize(&env, &bodies, true));
-    rows.push(("decode + normalize + enrich".into(), t));
-    let (t, _) = best_of(reps, || process_bodies(&env, &bodies));
-    rows.push(("process_body (the above + stats)".into(), t));
-    let mut rep = 0;
-    let (t, (report, stats)) = best_of(reps, || {
-        rep += 1;
-        full(
-            &env,
-            &bodies,
-            &scratch.path().join(format!("full-{rep}")),
-            false,
-        )
-    });
-    rows.push(("full: + rules + RocksDB (5k-record batches)".into(), t));
-    let (t, _) = best_of(reps, || prefiltered_bodies(&env, &bodies));
-    rows.push(("prefilter: process_body_prefiltered".into(), t));
-    let (t, (report_p, stats_p)) = best_of(reps, || {
-        rep += 1;
-        full(
-            &env,
-            &bodies,
-            &scratch.path().join(format!("full-{rep}")),
-            true,
-        )
-    });
-    rows.push(("full with prefilter (what `replay` runs)".into(), t));
+    // Every measurement once per round, `reps` rounds, best time kept:
+    // interleaving spreads noise from other processes over all of them.
+    let rep = std::cell::Cell::new(0);
+    let state = |prefilter: bool| {
+        rep.set(rep.get() + 1);
+        let dir = scratch.path().join(format!("full-{}", rep.get()));
+        let out = full(&env, &bodies, &dir, prefilter);
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    };
+    type Run<'a> = Box<dyn Fn() -> Option<(FullReport, PipelineStats)> + 'a>;
+    let measurements: Vec<(&str, Run<'_>)> = vec![
+        (
+            "ceiling: serde_json typed, borrowed fields",
+            Box::new(|| {
+                assert_eq!(ceiling(&bodies), wstats.records);
+                None
+            }),
+        ),
+        (
+            "decode",
+            Box::new(|| {
+                assert_eq!(decode_only(&env, &bodies), wstats.records);
+                None
+            }),
+        ),
+        (
+            "decode + normalize",
+            Box::new(|| {
+                decode_normalize(&env, &bodies, false);
+                None
+            }),
+        ),
+        (
+            "decode + normalize + enrich",
+            Box::new(|| {
+                decode_normalize(&env, &bodies, true);
+                None
+            }),
+        ),
+        (
+            "process_body (the above + counters)",
+            Box::new(|| {
+                process_bodies(&env, &bodies);
+                None
+            }),
+        ),
+        (
+            "full: + rules + RocksDB (5k-record batches)",
+            Box::new(|| Some(state(false))),
+        ),
+        (
+            "process_body_prefiltered",
+            Box::new(|| {
+                prefiltered_bodies(&env, &bodies);
+                None
+            }),
+        ),
+        (
+            "full with prefilter (what `replay` runs)",
+            Box::new(|| Some(state(true))),
+        ),
+    ];
+    if let Some(name) = &profile {
+        // For perf: repeat one measurement for `reps` rounds, nothing else.
+        let (_, run) = measurements
+            .iter()
+            .find(|(n, _)| n.starts_with(name.as_str()))
+            .ok_or("--profile: no such measurement")?;
+        for _ in 0..reps {
+            run();
+        }
+        return Ok(());
+    }
+    let mut best = vec![Duration::MAX; measurements.len()];
+    let mut reports: Vec<Option<(FullReport, PipelineStats)>> = vec![None; measurements.len()];
+    for _ in 0..reps {
+        for (i, (_, run)) in measurements.iter().enumerate() {
+            let start = Instant::now();
+            let out = run();
+            let t = out
+                .as_ref()
+                .map_or_else(|| start.elapsed(), |(r, _)| r.elapsed);
+            best[i] = best[i].min(t);
+            if out.is_some() {
+                reports[i] = out;
+            }
+        }
+    }
+    let ceiling_t = best[0];
+    let rows: Vec<(String, Duration)> = measurements
+        .iter()
+        .zip(&best)
+        .map(|((n, _), t)| (n.to_string(), *t))
+        .collect();
+    let (report, stats) = reports[5].clone().expect("full ran");
+    let (report_p, stats_p) = reports[7].clone().expect("full with prefilter ran");
 
     println!();
     println!("| measurement | time (s) | records/s | MB/s | × ceiling |");

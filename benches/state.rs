@@ -174,7 +174,7 @@ fn child(name: &str, dir: &Path, terms: u64, batch: u64, lookups_n: u64) {
     let mut w = BatchWrite::default();
     for i in 0..terms {
         let k = scramble(i, terms);
-        let t = BASE_MS + (k % 7) * DAY_MS + (k % 1000) as i64;
+        let t = BASE_MS + (k % 7) as i64 * DAY_MS + (k % 1000) as i64;
         store.put_term(
             &mut w,
             &key(k),

@@ -158,6 +158,16 @@ pub fn decode_envelope<'a>(
     body: &'a [u8],
     limits: &DecodeLimits,
 ) -> Result<Vec<&'a RawValue>, DecodeError> {
+    envelope_records(envelope_text(body, limits)?, limits)
+}
+
+/// The first checks of [`decode_envelope`]: size, UTF-8, emptiness.
+/// Returns the body as text without a byte-order mark and surrounding
+/// whitespace.
+///
+/// # Errors
+/// `TooLarge`, `InvalidUtf8` and `EmptyBody`.
+pub fn envelope_text<'a>(body: &'a [u8], limits: &DecodeLimits) -> Result<&'a str, DecodeError> {
     if body.len() > limits.max_body_bytes {
         return Err(DecodeError::body(
             DecodeErrorKind::TooLarge,
@@ -182,6 +192,18 @@ pub fn decode_envelope<'a>(
     if text.is_empty() {
         return Err(DecodeError::body(DecodeErrorKind::EmptyBody, "empty body"));
     }
+    Ok(text)
+}
+
+/// The rest of [`decode_envelope`], on what [`envelope_text`] returned:
+/// nesting depth, JSON syntax and the record count.
+///
+/// # Errors
+/// `TooDeep`, `InvalidJson` and `TooManyRecords`.
+pub fn envelope_records<'a>(
+    text: &'a str,
+    limits: &DecodeLimits,
+) -> Result<Vec<&'a RawValue>, DecodeError> {
     if let Err(depth) = check_depth(text.as_bytes(), limits.max_depth) {
         return Err(DecodeError::body(
             DecodeErrorKind::TooDeep,
@@ -237,7 +259,11 @@ pub enum RecordOutcome<'a> {
 /// The record-level half of [`decode_body`]: parses record `index` of a
 /// body (as [`decode_envelope`] returned it).
 pub fn decode_record(index: usize, raw: &RawValue) -> RecordOutcome<'_> {
-    let record_text = raw.get();
+    decode_record_text(index, raw.get())
+}
+
+/// [`decode_record`] on the record's JSON text.
+pub fn decode_record_text(index: usize, record_text: &str) -> RecordOutcome<'_> {
     match serde_json::from_str::<Value>(record_text) {
         Ok(Value::Object(mut fields)) => {
             if fields.is_empty() {

@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod prefilter;
 pub mod replay;
 pub mod rules;
+pub mod scan;
 pub mod server;
 pub mod sink;
 pub mod source;

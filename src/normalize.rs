@@ -541,6 +541,7 @@ pub(crate) mod summary {
     }
 
     /// The record's top level.
+    #[derive(Debug)]
     pub(crate) struct Top<'a> {
         pub entries: usize,
         pub time: Option<Scalar<'a>>,

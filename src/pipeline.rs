@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::decode::{
-    decode_envelope, decode_record, DecodeError, DecodeErrorKind, DecodeLimits, RecordOutcome,
+    decode_record_text, envelope_records, envelope_text, DecodeError, DecodeErrorKind,
+    DecodeLimits, RecordOutcome,
 };
 use crate::engine::{Candidate, SourcePosition};
 use crate::enrich::{AsnDb, AsnLookupResult};
@@ -17,6 +18,7 @@ use crate::normalize::{
     normalize, summarize_record, RecordContext, RecordSummary, UnmappedOutcome,
 };
 use crate::prefilter::{Prefilter, Scratch};
+use crate::scan::scan_envelope;
 
 /// Counters for one run or one batch; added into metrics by the caller.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -102,18 +104,38 @@ fn process(
     stats: &mut PipelineStats,
 ) -> Vec<DecodeError> {
     stats.bodies += 1;
-    let raw_records = match decode_envelope(body, limits) {
+    let text = match envelope_text(body, limits) {
+        Ok(text) => text,
+        Err(e) => {
+            *stats.decode_errors.entry(e.kind.code()).or_default() += 1;
+            return vec![e];
+        }
+    };
+    let mut errors = Vec::new();
+    let mut scratch = Scratch::default();
+    if let Some(p) = prefilter {
+        // The common `{"records":[…]}` body in one validating pass; the
+        // serde path below handles everything else (and every error).
+        if let Some(records) = scan_envelope(text, limits.max_depth, limits.max_records) {
+            for (index, record) in records.into_iter().enumerate() {
+                if !record.needs_full && !p.may_match(record.text, &mut scratch) {
+                    if let Some(summary) = record.summary() {
+                        count_summary(&summary, asn, stats);
+                        continue;
+                    }
+                }
+                full_record(index, record.text, ctx, asn, out, stats, &mut errors);
+            }
+            return errors;
+        }
+    }
+    let raw_records = match envelope_records(text, limits) {
         Ok(records) => records,
         Err(e) => {
             *stats.decode_errors.entry(e.kind.code()).or_default() += 1;
             return vec![e];
         }
     };
-    let record_ctx = RecordContext {
-        enqueued_time_ms: ctx.enqueued_time_ms,
-    };
-    let mut errors = Vec::new();
-    let mut scratch = Scratch::default();
     for (index, raw) in raw_records.into_iter().enumerate() {
         if let Some(p) = prefilter {
             if !p.may_match(raw.get(), &mut scratch) {
@@ -123,39 +145,55 @@ fn process(
                 }
             }
         }
-        let record = match decode_record(index, raw) {
-            RecordOutcome::Record(record) => record,
-            RecordOutcome::Empty => {
-                stats.empty_records += 1;
-                continue;
-            }
-            RecordOutcome::Error(e) => {
-                *stats.decode_errors.entry(e.kind.code()).or_default() += 1;
-                errors.push(e);
-                continue;
-            }
-        };
-        stats.records += 1;
-        let (mut event, notes) = normalize(record, record_ctx);
-        if notes.timestamp_fallback {
-            stats.timestamp_fallbacks += 1;
-        }
-        if let Some(u) = notes.outcome_unmapped {
-            *stats.outcome_unmapped.entry(u.code()).or_default() += 1;
-        }
-        let lookup = match asn {
-            Some(db) => db.enrich(&mut event),
-            None => classify_without_db(event.source_ip, event.source_address.is_some()),
-        };
-        *stats.asn_lookups.entry(lookup.as_label()).or_default() += 1;
-        let rule_time_ms = ctx.enqueued_time_ms.unwrap_or(event.timestamp_ms);
-        out.push(Candidate {
-            event,
-            rule_time_ms,
-            position: ctx.position.clone(),
-        });
+        full_record(index, raw.get(), ctx, asn, out, stats, &mut errors);
     }
     errors
+}
+
+/// decode → normalize → enrich for one record, yielding its candidate.
+fn full_record(
+    index: usize,
+    text: &str,
+    ctx: &BodyContext,
+    asn: Option<&AsnDb>,
+    out: &mut Vec<Candidate>,
+    stats: &mut PipelineStats,
+    errors: &mut Vec<DecodeError>,
+) {
+    let record = match decode_record_text(index, text) {
+        RecordOutcome::Record(record) => record,
+        RecordOutcome::Empty => {
+            stats.empty_records += 1;
+            return;
+        }
+        RecordOutcome::Error(e) => {
+            *stats.decode_errors.entry(e.kind.code()).or_default() += 1;
+            errors.push(e);
+            return;
+        }
+    };
+    stats.records += 1;
+    let record_ctx = RecordContext {
+        enqueued_time_ms: ctx.enqueued_time_ms,
+    };
+    let (mut event, notes) = normalize(record, record_ctx);
+    if notes.timestamp_fallback {
+        stats.timestamp_fallbacks += 1;
+    }
+    if let Some(u) = notes.outcome_unmapped {
+        *stats.outcome_unmapped.entry(u.code()).or_default() += 1;
+    }
+    let lookup = match asn {
+        Some(db) => db.enrich(&mut event),
+        None => classify_without_db(event.source_ip, event.source_address.is_some()),
+    };
+    *stats.asn_lookups.entry(lookup.as_label()).or_default() += 1;
+    let rule_time_ms = ctx.enqueued_time_ms.unwrap_or(event.timestamp_ms);
+    out.push(Candidate {
+        event,
+        rule_time_ms,
+        position: ctx.position.clone(),
+    });
 }
 
 /// Counts a record the prefilter rejected as the full path would have.

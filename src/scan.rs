@@ -23,18 +23,27 @@
 use std::borrow::Cow;
 
 use crate::normalize::summary::{Props, Scalar, Top};
+use crate::normalize::{summarize_top, RecordSummary};
 
 /// One record of a scanned body.
 #[derive(Debug)]
 pub struct ScannedRecord<'a> {
     /// The record's JSON text, exactly as serde_json's `RawValue` gives it.
     pub text: &'a str,
-    /// Decode this record fully (`decode_record`); `summary` is `None`.
+    /// Decode this record fully (`decode_record`); there is no summary.
     pub needs_full: bool,
     /// The members `summarize_record` reads, when the record is a plain
     /// object (no escaped member names, nothing the full parse could
     /// reject).
-    pub summary: Option<Top<'a>>,
+    top: Option<Top<'a>>,
+}
+
+impl ScannedRecord<'_> {
+    /// What `summarize_record` returns for this record, read from the
+    /// scan; `None` when the record must be decoded fully.
+    pub fn summary(&self) -> Option<RecordSummary> {
+        self.top.as_ref().map(summarize_top)
+    }
 }
 
 /// What a member value was, for the summary.
@@ -151,7 +160,7 @@ impl<'a> Scanner<'a> {
             return Some(ScannedRecord {
                 text: &text[start..self.i],
                 needs_full: true,
-                summary: None,
+                top: None,
             });
         }
         if self.max_depth < 3 {
@@ -200,7 +209,7 @@ impl<'a> Scanner<'a> {
         Some(ScannedRecord {
             text: &text[start..self.i],
             needs_full,
-            summary: (!needs_full).then_some(top),
+            top: (!needs_full).then_some(top),
         })
     }
 
@@ -462,12 +471,20 @@ mod tests {
             (b"abcdefgh\"", 8),
             (b"abcdefghijk\\", 11),
             (b"ab\x01cdefghij", 2),
-            ("héllo wörld, ünïcödé\"".as_bytes(), "héllo wörld, ünïcödé".len()),
+            (
+                "héllo wörld, ünïcödé\"".as_bytes(),
+                "héllo wörld, ünïcödé".len(),
+            ),
             (b"\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x1f", 8),
             (b"\"", 0),
         ];
         for (input, want) in cases {
-            assert_eq!(skip_plain(input), *want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                skip_plain(input),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
         // Every single special byte at every position of a 20-byte run.
         for pos in 0..20 {
@@ -490,7 +507,10 @@ mod tests {
             split("{ \"records\" :\n[ {\"a\":1} ,\t{\"b\":[true,false,null,-0.5e-3]} ] }"),
             Some(vec![r#"{"a":1}"#, r#"{"b":[true,false,null,-0.5e-3]}"#])
         );
-        assert_eq!(split(r#"{"records":[1,"x",[]]}"#), Some(vec!["1", "\"x\"", "[]"]));
+        assert_eq!(
+            split(r#"{"records":[1,"x",[]]}"#),
+            Some(vec!["1", "\"x\"", "[]"])
+        );
     }
 
     #[test]
@@ -544,7 +564,7 @@ mod tests {
             10,
         )
         .unwrap();
-        let top = r[0].summary.as_ref().unwrap();
+        let top = r[0].top.as_ref().unwrap();
         assert_eq!(top.entries, 5);
         assert!(matches!(&top.time, Some(Scalar::Str(t)) if t == "U"));
         assert!(matches!(top.result_type, Some(Scalar::Other)));

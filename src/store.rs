@@ -1005,7 +1005,10 @@ mod tests {
         let mut candidates: Vec<Box<[u8]>> = vec![key.clone().into_boxed_slice()];
         // ...then a record refreshed it before the delete landed.
         put(1_000);
-        assert_eq!(store.delete_if_still_expired(&mut candidates, 50).unwrap(), 0);
+        assert_eq!(
+            store.delete_if_still_expired(&mut candidates, 50).unwrap(),
+            0
+        );
         assert_eq!(store.get_term(&key).unwrap().unwrap().last_seen_ms, 1_000);
     }
 

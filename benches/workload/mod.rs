@@ -468,7 +468,7 @@ fn esc(s: &str) -> String {
 fn identity_json(out: &mut String, p: &Principal, action: &str, scope: &str, sub: &str) {
     let _ = write!(
         out,
-        r#"{{"authorization":{{"action":"{action}","scope":"{scope}","evidence":{{"role":"{role}","roleAssignmentScope":"/subscriptions/{sub}","roleAssignmentId":"{ra}","roleDefinitionId":"{rd}","principalId":"{pid}","principalType":"{ptype}"}}}},"claims":{{"aud":"https://management.core.windows.net/","iss":"https://sts.windows.net/{TENANT}/","iat":"1740787200","nbf":"1740787200","exp":"1740791100","{MS_CLAIMS}/objectidentifier":"{oid}","{MS_CLAIMS}/tenantid":"{TENANT}","ver":"1.0""#,
+        r#"{{"authorization":{{"action":"{action}","scope":"{scope}","evidence":{{"role":"{role}","roleAssignmentScope":"/subscriptions/{sub}","roleAssignmentId":"{ra}","roleDefinitionId":"{rd}","principalId":"{pid}","principalType":"{ptype}"}}}},"claims":{{"aud":"https://management.core.windows.net/","iss":"https://sts.windows.net/{TENANT}/","{MS_CLAIMS}/objectidentifier":"{oid}","{MS_CLAIMS}/tenantid":"{TENANT}","ver":"1.0""#,
         role = p.role,
         ra = p.object_id.replace('-', ""),
         rd = &p.app_id.replace('-', ""),
@@ -480,7 +480,7 @@ fn identity_json(out: &mut String, p: &Principal, action: &str, scope: &str, sub
         let (given, family) = p.display.split_once(' ').unwrap_or((&p.display, ""));
         let _ = write!(
             out,
-            r#","{CLAIMS}/upn":"{n}","{CLAIMS}/name":"{n}","{CLAIMS}/givenname":"{given}","{CLAIMS}/surname":"{family}","name":"{d}","appid":"c44b4083-3bb0-49c1-b47d-974e53cbdf3c","http://schemas.microsoft.com/claims/authnmethodsreferences":"pwd,mfa","puid":"10032001A2B3C4D5","{MS_CLAIMS}/scope":"user_impersonation"}}}}"#,
+            r#","{CLAIMS}/upn":"{n}","{CLAIMS}/name":"{n}","{CLAIMS}/givenname":"{given}","{CLAIMS}/surname":"{family}","name":"{d}","appid":"c44b4083-3bb0-49c1-b47d-974e53cbdf3c"}}}}"#,
             n = p.name,
             d = p.display,
         );
@@ -937,7 +937,7 @@ impl<'a> Generator<'a> {
             if rtype == "Success" && op.ends_with("/WRITE") {
                 // ARM puts the resource representation in responseBody, as
                 // a JSON string.
-                let pad = self.rng.below(900);
+                let pad = self.rng.below(100);
                 let body = format!(
                     r#"{{"id":"{scope}","name":"{name}","type":"{ns}","location":"westeurope","tags":{{"owner":"{principal_name}","costCenter":"{cc}","note":"{note}"}},"properties":{{"provisioningState":"Succeeded","timeCreated":"{time}"}}}}"#,
                     name = path.rsplit('/').next().unwrap_or(path),

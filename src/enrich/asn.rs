@@ -836,6 +836,43 @@ pub struct AsnDb {
     ranges: RangeDb,
     mmdbs: Vec<MmdbDb>,
     metadata: AsnMetadata,
+    /// Distinct for every database loaded by this process: the key of
+    /// this database's entries in the per-thread lookup cache.
+    id: u64,
+}
+
+/// Source of [`AsnDb::id`].
+static NEXT_DB_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Slots of the per-thread lookup cache (direct-mapped). Activity logs
+/// repeat a small set of callers (automation, CI, the corporate egress),
+/// so a few thousand recent addresses answer most lookups without a
+/// binary search over half a million ranges or an mmdb tree walk
+/// (BENCHMARKS.md, "ASN lookup").
+const CACHE_SLOTS: usize = 2048;
+
+struct CacheSlot {
+    db: u64,
+    ip: u128,
+    info: Option<AsnInfo>,
+}
+
+thread_local! {
+    static LOOKUP_CACHE: std::cell::RefCell<Vec<CacheSlot>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An address as one 128-bit key (IPv4 mapped into IPv6, so the two
+/// families never collide).
+fn cache_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn cache_slot(key: u128) -> usize {
+    let folded = (key as u64) ^ ((key >> 64) as u64);
+    (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CACHE_SLOTS.trailing_zeros())) as usize
 }
 
 impl fmt::Debug for AsnDb {
@@ -908,6 +945,7 @@ impl AsnDb {
         Ok(AsnDb {
             ranges,
             mmdbs,
+            id: NEXT_DB_ID.fetch_add(1, Ordering::Relaxed),
             metadata: AsnMetadata {
                 format: formats.join("+"),
                 files: files.to_vec(),
@@ -928,9 +966,44 @@ impl AsnDb {
     /// addresses (`::ffff:a.b.c.d`) are looked up as the IPv4 address.
     pub fn lookup(&self, ip: IpAddr) -> Option<AsnInfo> {
         let ip = ip.to_canonical();
+        self.cached(ip, |info| info.cloned())
+    }
+
+    /// Without the cache (the cost the cache saves; benchmarks compare).
+    pub fn lookup_uncached(&self, ip: IpAddr) -> Option<AsnInfo> {
+        self.lookup_tables(ip.to_canonical())
+    }
+
+    fn lookup_tables(&self, ip: IpAddr) -> Option<AsnInfo> {
         self.ranges
             .lookup(ip)
             .or_else(|| self.mmdbs.iter().find_map(|m| m.lookup(ip)))
+    }
+
+    /// Looks `ip` (canonical) up through this thread's cache and hands the
+    /// result to `f` (by reference: a hit that only needs to know whether
+    /// there is an AS clones nothing).
+    fn cached<T>(&self, ip: IpAddr, f: impl FnOnce(Option<&AsnInfo>) -> T) -> T {
+        let key = cache_key(ip);
+        LOOKUP_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.is_empty() {
+                cache.extend((0..CACHE_SLOTS).map(|_| CacheSlot {
+                    db: 0,
+                    ip: 0,
+                    info: None,
+                }));
+            }
+            let slot = &mut cache[cache_slot(key)];
+            if slot.db != self.id || slot.ip != key {
+                *slot = CacheSlot {
+                    db: self.id,
+                    ip: key,
+                    info: self.lookup_tables(ip),
+                };
+            }
+            f(slot.info.as_ref())
+        })
     }
 
     /// What [`AsnDb::enrich`] would return for an event with this
@@ -938,7 +1011,7 @@ impl AsnDb {
     /// event (for records the pipeline counts but does not normalize).
     pub fn classify(&self, ip: Option<IpAddr>, has_address: bool) -> AsnLookupResult {
         match ip {
-            Some(ip) if self.lookup(ip).is_some() => AsnLookupResult::Hit,
+            Some(ip) if self.cached(ip.to_canonical(), |i| i.is_some()) => AsnLookupResult::Hit,
             Some(_) => AsnLookupResult::Miss,
             None if has_address => AsnLookupResult::InvalidIp,
             None => AsnLookupResult::NoIp,
