@@ -271,6 +271,10 @@ pub fn decode_record_text(index: usize, record_text: &str) -> RecordOutcome<'_> 
             }
             if memchr::memmem::find(record_text.as_bytes(), b"\"\":").is_some() {
                 strip_empty_keys(&mut fields);
+                // `{"":""}` is `{}` once the noise is gone.
+                if fields.is_empty() {
+                    return RecordOutcome::Empty;
+                }
             }
             RecordOutcome::Record(RawRecord {
                 text: record_text,
@@ -472,6 +476,9 @@ mod tests {
         // An empty key with a real value is data, not noise: kept.
         let d = decode(r#"{"":"keep","a":1}"#);
         assert_eq!(d.records[0].fields[""], "keep");
+        // Nothing but noise is an empty record, like `{}`.
+        let d = decode(r#"{"records":[{"":""},{"a":1}]}"#);
+        assert_eq!((d.records.len(), d.empty_records), (1, 1));
     }
 
     #[test]

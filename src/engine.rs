@@ -47,6 +47,10 @@ pub struct Candidate {
     /// The rule's time for this record: the Event Hubs enqueued time, else
     /// `@timestamp` (Elastic's `event.ingested` override with fallback).
     pub rule_time_ms: i64,
+    /// No usable time at all (unparseable `time`, no enqueued time): shown
+    /// by `normalize`, counted as a timestamp fallback, never judged by the
+    /// rules (it would be judged at 1970 and could alert spuriously).
+    pub untimed: bool,
     pub position: SourcePosition,
 }
 
@@ -186,7 +190,7 @@ impl Detector {
             // (rule time, arrival index, key, values)
             let mut occurrences: Vec<(i64, usize, Vec<u8>, Vec<TermValue>)> = Vec::new();
             for (i, candidate) in events.iter().enumerate() {
-                if !compiled.rule.query.matches(&candidate.event) {
+                if candidate.untimed || !compiled.rule.query.matches(&candidate.event) {
                     continue;
                 }
                 if !self.allowlist.is_empty()

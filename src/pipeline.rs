@@ -192,6 +192,9 @@ fn full_record(
     out.push(Candidate {
         event,
         rule_time_ms,
+        // Without a parseable `time` and without an enqueued time (a
+        // replay), the record has no place in any history window.
+        untimed: notes.timestamp_fallback && ctx.enqueued_time_ms.is_none(),
         position: ctx.position.clone(),
     });
 }

@@ -242,3 +242,40 @@ fn a_reader_that_goes_away_is_not_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_record_without_a_usable_time_is_counted_not_judged_in_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = |vm: &str, time: &str| {
+        serde_json::json!({
+            "time": time,
+            "resourceId": format!("/SUBSCRIPTIONS/00000000-0000-0000-0000-000000000000/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.COMPUTE/VIRTUALMACHINES/{vm}/EXTENSIONS/CUSTOMSCRIPT"),
+            "operationName": "MICROSOFT.COMPUTE/VIRTUALMACHINES/EXTENSIONS/WRITE",
+            "resultType": "Success",
+            "callerIpAddress": "167.99.148.23",
+        })
+    };
+    let body = serde_json::json!({"records": [
+        record("VM-NO-TIME", "not a time"),
+        record("VM-TIMED", "2025-03-10T12:00:00Z"),
+    ]});
+    let file = dir.path().join("b.json");
+    std::fs::write(&file, body.to_string()).unwrap();
+    let run = |cmd: &str| {
+        Command::new(env!("CARGO_BIN_EXE_firstseen"))
+            .args([cmd, "--asn-db"])
+            .arg(root().join("samples/asn"))
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = run("replay");
+    let alerts = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(alerts.lines().count(), 1, "{alerts}");
+    assert!(alerts.contains("VM-TIMED") && !alerts.contains("VM-NO-TIME"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 timestamp fallbacks"), "{stderr}");
+    // `normalize` still shows it.
+    let docs = String::from_utf8(run("normalize").stdout).unwrap();
+    assert_eq!(docs.lines().count(), 2);
+}
