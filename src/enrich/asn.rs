@@ -23,6 +23,7 @@
 //! [`AsnLookupResult`], once per batch) and deciding what an AS means (the
 //! rules do that).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -395,7 +396,7 @@ impl RangeBuilder {
     fn add_file(&mut self, path: &Path, bytes: &[u8], kind: TextKind) -> Result<(), AsnError> {
         let file = self.files.len() as u32;
         self.files.push(path.to_path_buf());
-        let mut fields: Vec<String> = Vec::with_capacity(5);
+        let mut fields: Vec<Cow<'_, str>> = Vec::with_capacity(5);
         for (idx, raw) in bytes.split(|b| *b == b'\n').enumerate() {
             let line_no = idx + 1;
             let malformed = |reason: String| AsnError::Malformed {
@@ -412,7 +413,7 @@ impl RangeBuilder {
             fields.clear();
             match kind {
                 TextKind::Csv => split_csv(line, &mut fields).map_err(malformed)?,
-                TextKind::Tsv => fields.extend(line.split('\t').map(str::to_owned)),
+                TextKind::Tsv => fields.extend(line.split('\t').map(Cow::Borrowed)),
             }
             if line_no == 1 && is_header(&fields[0]) {
                 continue;
@@ -678,44 +679,63 @@ fn parse_asn(field: &str) -> Result<u32, String> {
 /// Splits one RFC 4180 CSV line: fields may be quoted, quotes inside quoted
 /// fields are doubled (`"LLC ""SPUTNIK"""`). Multi-line fields are not
 /// supported: no ASN data set uses them.
-fn split_csv(line: &str, out: &mut Vec<String>) -> Result<(), String> {
-    let mut chars = line.chars().peekable();
+fn split_csv<'a>(line: &'a str, out: &mut Vec<Cow<'a, str>>) -> Result<(), String> {
+    // Byte scanning with `memchr`; fields borrow from the line unless a
+    // doubled quote has to be undone.
+    let b = line.as_bytes();
+    let mut i = 0;
     loop {
-        let mut field = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
+        if b.get(i) == Some(&b'"') {
+            let start = i + 1;
+            let mut from = start;
+            let mut owned: Option<String> = None;
             loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
+                let q = from
+                    + memchr::memchr(b'"', &b[from..])
+                        .ok_or_else(|| "unterminated quoted field".to_string())?;
+                if b.get(q + 1) == Some(&b'"') {
+                    // `""` is one quote.
+                    owned
+                        .get_or_insert_with(String::new)
+                        .push_str(&line[from..=q]);
+                    from = q + 2;
+                    continue;
+                }
+                let field = match owned {
+                    Some(mut s) => {
+                        s.push_str(&line[from..q]);
+                        Cow::Owned(s)
                     }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                    None => return Err("unterminated quoted field".into()),
-                }
-            }
-            match chars.next() {
-                None => {
-                    out.push(field);
-                    return Ok(());
-                }
-                Some(',') => out.push(field),
-                Some(c) => return Err(format!("unexpected {c:?} after a closing quote")),
-            }
-        } else {
-            loop {
-                match chars.next() {
+                    None => Cow::Borrowed(&line[start..q]),
+                };
+                i = q + 1;
+                match b.get(i) {
                     None => {
                         out.push(field);
                         return Ok(());
                     }
-                    Some(',') => break,
-                    Some('"') => return Err("quote inside an unquoted field".into()),
-                    Some(c) => field.push(c),
+                    Some(b',') => {
+                        out.push(field);
+                        i += 1;
+                    }
+                    Some(_) => {
+                        let c = line[i..].chars().next().unwrap_or_default();
+                        return Err(format!("unexpected {c:?} after a closing quote"));
+                    }
                 }
+                break;
             }
-            out.push(field);
+        } else {
+            let end = memchr::memchr(b',', &b[i..]).map_or(b.len(), |k| i + k);
+            let field = &line[i..end];
+            if field.contains('"') {
+                return Err("quote inside an unquoted field".into());
+            }
+            out.push(Cow::Borrowed(field));
+            if end == b.len() {
+                return Ok(());
+            }
+            i = end + 1;
         }
     }
 }
