@@ -283,12 +283,12 @@ pub struct RecordSummary {
 /// object (the caller then decodes it fully, which reports the error).
 pub fn summarize_record(text: &str) -> Option<RecordSummary> {
     let top: summary::Top<'_> = serde_json::from_str(text).ok()?;
-    Some(summarize_top(&top))
+    Some(summarize_top(&top, text))
 }
 
 /// [`summarize_record`] from the members it reads, however they were
 /// found (serde here, the fast body scanner in `crate::scan`).
-pub(crate) fn summarize_top(top: &summary::Top<'_>) -> RecordSummary {
+pub(crate) fn summarize_top(top: &summary::Top<'_>, text: &str) -> RecordSummary {
     let mut notes = NormalizeNotes {
         timestamp_fallback: !matches!(&top.time, Some(summary::Scalar::Str(t)) if parse_time(t).is_some()),
         outcome_unmapped: None,
@@ -334,7 +334,12 @@ pub(crate) fn summarize_top(top: &summary::Top<'_>) -> RecordSummary {
         _ => (None, false),
     };
     RecordSummary {
-        empty: top.entries == 0,
+        // As decode: `{}`, or only `"":""` noise when the text has some
+        // (decode strips it only then).
+        empty: top.entries == 0
+            || (top.named == 0
+                && top.empty_name_noise == Some(true)
+                && memchr::memmem::find(text.as_bytes(), b"\"\":").is_some()),
         notes,
         source_ip,
         source_address,
@@ -517,6 +522,7 @@ pub(crate) mod summary {
     struct Key(Option<&'static str>);
 
     const NAMES: &[&str] = &[
+        "",
         "time",
         "resultType",
         "callerIpAddress",
@@ -544,6 +550,11 @@ pub(crate) mod summary {
     #[derive(Debug)]
     pub(crate) struct Top<'a> {
         pub entries: usize,
+        /// Members with a name other than `""`.
+        pub named: usize,
+        /// Whether the last `""` member (if any) has the value `""`: the
+        /// noise decode strips (a record of only that is empty).
+        pub empty_name_noise: Option<bool>,
         pub time: Option<Scalar<'a>>,
         pub result_type: Option<Scalar<'a>>,
         pub caller: Option<Scalar<'a>>,
@@ -561,6 +572,8 @@ pub(crate) mod summary {
                 fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                     let mut top = Top {
                         entries: 0,
+                        named: 0,
+                        empty_name_noise: None,
                         time: None,
                         result_type: None,
                         caller: None,
@@ -568,7 +581,15 @@ pub(crate) mod summary {
                     };
                     while let Some(key) = map.next_key::<Key>()? {
                         top.entries += 1;
+                        if key.0 != Some("") {
+                            top.named += 1;
+                        }
                         match key.0 {
+                            Some("") => {
+                                let v: Scalar<'_> = map.next_value()?;
+                                top.empty_name_noise =
+                                    Some(matches!(v, Scalar::Str(s) if s.is_empty()));
+                            }
                             Some("time") => top.time = Some(map.next_value()?),
                             Some("resultType") => top.result_type = Some(map.next_value()?),
                             Some("callerIpAddress") => top.caller = Some(map.next_value()?),

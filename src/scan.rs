@@ -42,7 +42,7 @@ impl ScannedRecord<'_> {
     /// What `summarize_record` returns for this record, read from the
     /// scan; `None` when the record must be decoded fully.
     pub fn summary(&self) -> Option<RecordSummary> {
-        self.top.as_ref().map(summarize_top)
+        self.top.as_ref().map(|top| summarize_top(top, self.text))
     }
 }
 
@@ -169,6 +169,8 @@ impl<'a> Scanner<'a> {
         self.i += 1;
         let mut top = Top {
             entries: 0,
+            named: 0,
+            empty_name_noise: None,
             time: None,
             result_type: None,
             caller: None,
@@ -188,7 +190,14 @@ impl<'a> Scanner<'a> {
                 self.expect(b':')?;
                 self.ws();
                 top.entries += 1;
+                if ke > ks {
+                    top.named += 1;
+                }
                 match &self.b[ks..ke] {
+                    b"" => {
+                        let v = self.scalar(text, 4, &mut flags)?;
+                        top.empty_name_noise = Some(matches!(v, Scalar::Str(s) if s.is_empty()));
+                    }
                     b"time" => top.time = Some(self.scalar(text, 4, &mut flags)?),
                     b"resultType" => top.result_type = Some(self.scalar(text, 4, &mut flags)?),
                     b"callerIpAddress" => top.caller = Some(self.scalar(text, 4, &mut flags)?),

@@ -399,6 +399,29 @@ proptest! {
     }
 }
 
+/// Empty-name noise: decode strips `"":""` (only where the text has
+/// `"":`), and a record of nothing else is empty.
+#[test]
+fn empty_name_noise_is_counted_as_decode_counts_it() {
+    for text in [
+        r#"{"":""}"#,
+        r#"{"" : ""}"#,
+        r#"{"":"","":"x"}"#,
+        r#"{"":"x","":""}"#,
+        r#"{"":"","":""}"#,
+        r#"{"":"","a":1}"#,
+        r#"{"":1}"#,
+        r#"{}"#,
+    ] {
+        let full = full_path(text).map(|(empty, ..)| empty);
+        let summary = summarize_record(text).map(|s| s.empty);
+        assert_eq!(full, summary, "{text}");
+        let body = format!(r#"{{"records":[{text}]}}"#);
+        let scanned = firstseen::scan::scan_envelope(&body, 64, 10).unwrap();
+        assert_eq!(scanned[0].summary().map(|s| s.empty), full, "{text}");
+    }
+}
+
 /// Records that match each rule are let through, whatever their case.
 #[test]
 fn matching_records_pass() {
