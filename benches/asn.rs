@@ -85,7 +85,11 @@ fn write_mmdb(
     asn_dir: &std::path::Path,
     out: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let mut w = mmdb_writer::Writer::new("GeoLite2-ASN");
+    // No IPv4 aliases in the IPv6 tree: the data set has its own ranges in
+    // 2001::/32 and 2002::/16, which aliasing would claim.
+    let mut w = mmdb_writer::Writer::builder("GeoLite2-ASN")
+        .ipv4_aliasing(mmdb_writer::Ipv4Aliasing::Disabled)
+        .build();
     for file in ["asn-ipv4.csv", "asn-ipv6.csv"] {
         let text = std::fs::read_to_string(asn_dir.join(file))?;
         for line in text.lines() {

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DataBlockIndexType,
-    Direction, IteratorMode, Options, WriteBatch, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
+    DataBlockIndexType, Direction, IteratorMode, Options, WriteBatch, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -174,15 +174,19 @@ pub struct Store {
 /// with the data (BENCHMARKS.md, "State scale", measures them at 10
 /// million terms).
 ///
-/// Terms are small (a ~60-byte key, a 17-byte value) and read by point
+/// Terms are small (a ~100-byte key, a 17-byte value) and read by point
 /// lookups only, most of them for keys that do not exist yet (every new
 /// term is a miss first), so the defaults are:
 /// - a whole-key Bloom filter, 10 bits/key (~1% false positives), so a miss
 ///   is answered from the filter without reading a data block;
-/// - index and filter blocks charged to the block cache, with level-0
-///   ones pinned, so memory stays bounded by the cache size as the term
-///   count grows instead of growing with the number of SST files;
-/// - a 64 MiB LRU block cache for data, index and filter blocks;
+/// - index and filter blocks held by the table readers, outside the block
+///   cache: about 1.5 bytes per term (15 MB at 10 million terms), always in
+///   memory. Charging them to a 64 MiB cache instead makes every lookup
+///   that misses the cache re-read and re-checksum a whole filter block
+///   of a large SST file: measured at 10 million terms, lookups slowed by
+///   orders of magnitude (BENCHMARKS.md). Partitioned index and filters
+///   are the way to bound that memory if term counts ever reach billions;
+/// - a 64 MiB LRU block cache for data blocks;
 /// - a hash index inside data blocks (binary search replaced by a hash
 ///   probe for point lookups);
 /// - LZ4 compression: keys share long prefixes (rule id, length fields),
@@ -190,6 +194,10 @@ pub struct Store {
 ///   CPU cost;
 /// - a whole-key Bloom filter on the memtable, so recently written terms
 ///   are found, and absent ones rejected, without a memtable search.
+///
+/// These are the settings `Store::open` had before they were made
+/// explicit (`optimize_for_point_lookup(64)`, which replaced the table
+/// options set before it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreTuning {
     /// Block cache for the term column family, in bytes.
@@ -199,6 +207,10 @@ pub struct StoreTuning {
     /// Charge index and filter blocks to the block cache (bounded memory)
     /// rather than keeping them in table readers outside it.
     pub cache_index_and_filter_blocks: bool,
+    /// Two-level (partitioned) index and filters: with
+    /// `cache_index_and_filter_blocks`, only small partitions go through
+    /// the cache; the top levels are pinned.
+    pub partitioned_index_and_filters: bool,
     /// Hash index in data blocks for point lookups.
     pub data_block_hash_index: bool,
     /// LZ4 compression of data blocks (false: none).
@@ -215,7 +227,8 @@ impl Default for StoreTuning {
         StoreTuning {
             block_cache_bytes: 64 << 20,
             bloom_bits_per_key: 10.0,
-            cache_index_and_filter_blocks: true,
+            cache_index_and_filter_blocks: false,
+            partitioned_index_and_filters: false,
             data_block_hash_index: true,
             lz4: true,
             block_size: 4096,
@@ -236,6 +249,12 @@ impl StoreTuning {
         block.set_block_size(self.block_size);
         block.set_cache_index_and_filter_blocks(self.cache_index_and_filter_blocks);
         block.set_pin_l0_filter_and_index_blocks_in_cache(self.cache_index_and_filter_blocks);
+        if self.partitioned_index_and_filters {
+            block.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+            block.set_partition_filters(true);
+            block.set_metadata_block_size(4096);
+            block.set_pin_top_level_index_and_filter(true);
+        }
         if self.data_block_hash_index {
             block.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
             block.set_data_block_hash_ratio(0.75);
@@ -453,7 +472,10 @@ impl Store {
         let cf = self.cf(CF_TERMS);
         let mut expired = 0u64;
         let mut candidates: Vec<Box<[u8]>> = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+        // A full scan must not evict the hot terms from the block cache.
+        let mut scan = rocksdb::ReadOptions::default();
+        scan.fill_cache(false);
+        for item in self.db.iterator_cf_opt(cf, scan, IteratorMode::Start) {
             let (k, v) = item?;
             if TermState::decode(&v)?.last_seen_ms < before_ms {
                 candidates.push(k);
@@ -480,14 +502,19 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut batch = WriteBatch::default();
         let mut n = 0;
-        for key in candidates.drain(..) {
-            if let Some(v) = self.db.get_cf(cf, &key)? {
+        // The candidates come from a scan, so they are in key order: one
+        // sorted multi-get reads each data block once, where a get per key
+        // would search the index and filters for every key.
+        let current = self.db.batched_multi_get_cf(cf, candidates.iter(), true);
+        for (key, value) in candidates.iter().zip(current) {
+            if let Some(v) = value? {
                 if TermState::decode(&v)?.last_seen_ms < before_ms {
-                    batch.delete_cf(cf, &key);
+                    batch.delete_cf(cf, key);
                     n += 1;
                 }
             }
         }
+        candidates.clear();
         self.db.write(batch)?;
         Ok(n)
     }
