@@ -37,7 +37,7 @@ use crate::enrich::{AsnEnricher, AsnFormat, AsnSource};
 use crate::health::Health;
 use crate::metrics::{MetricLabels, Metrics, PartitionMetrics, RuleMetrics};
 use crate::normalize::format_timestamp;
-use crate::pipeline::{process_body, BodyContext, PipelineStats};
+use crate::pipeline::{process_body_prefiltered, BodyContext, PipelineStats};
 use crate::sink::{SinkStats, StoreOutbox, Wakeup};
 use crate::source::eventhubs::{
     EventHubsSource, PartitionBatch, PartitionExit, SourceStats, StartAfter,
@@ -373,11 +373,14 @@ impl Evaluator {
                     ..SourcePosition::default()
                 },
             };
-            let errors = process_body(
+            // Records that cannot match any rule are counted, not
+            // normalized (the same counters and alerts as `process_body`).
+            let errors = process_body_prefiltered(
                 &ev.body,
                 &ctx,
                 &self.limits,
                 asn.as_deref(),
+                self.detector.prefilter(),
                 &mut candidates,
                 &mut stats,
             );
