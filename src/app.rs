@@ -679,20 +679,20 @@ impl CounterMirror {
     fn mirror_source(&mut self, metrics: &Metrics, stats: &SourceStats) {
         for partition in stats.partitions() {
             let partition: &str = &partition;
-            let pm = metrics.partition(&partition);
+            let pm = metrics.partition(partition);
             self.sync(
                 format!("own/{partition}"),
-                stats.ownership_lost(&partition),
+                stats.ownership_lost(partition),
                 &pm.ownership_lost,
             );
             self.sync(
                 format!("rec/{partition}"),
-                stats.reconnects(&partition),
+                stats.reconnects(partition),
                 &pm.reconnects,
             );
             self.sync(
                 format!("dup/{partition}"),
-                stats.redelivered(&partition),
+                stats.redelivered(partition),
                 &pm.redelivered,
             );
         }

@@ -408,7 +408,7 @@ pub(crate) mod summary {
         /// A number or a boolean.
         Other,
         /// null, an array or an object.
-        NotScalar,
+        Composite,
     }
 
     impl<'de> Deserialize<'de> for Scalar<'de> {
@@ -441,15 +441,15 @@ pub(crate) mod summary {
                     Ok(Scalar::Other)
                 }
                 fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                    Ok(Scalar::NotScalar)
+                    Ok(Scalar::Composite)
                 }
                 fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                     while seq.next_element::<Skip>()?.is_some() {}
-                    Ok(Scalar::NotScalar)
+                    Ok(Scalar::Composite)
                 }
                 fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                     while map.next_entry::<Skip, Skip>()?.is_some() {}
-                    Ok(Scalar::NotScalar)
+                    Ok(Scalar::Composite)
                 }
             }
             d.deserialize_any(V)
@@ -1044,14 +1044,11 @@ impl Cursor<'_> {
     }
 }
 
+/// `(year, month, day)`, `(hour, minute, second, millisecond)` at
+/// `offset_s` seconds east of UTC → Unix ms; `None` when not a real time.
 fn to_epoch_ms(
-    y: u32,
-    mo: u32,
-    d: u32,
-    h: u32,
-    mi: u32,
-    sec: u32,
-    ms: u32,
+    (y, mo, d): (u32, u32, u32),
+    (h, mi, sec, ms): (u32, u32, u32, u32),
     offset_s: i32,
 ) -> Option<i64> {
     let month = time::Month::try_from(u8::try_from(mo).ok()?).ok()?;
@@ -1118,7 +1115,7 @@ fn parse_iso(s: &str) -> Option<i64> {
     c.eat(b'-').then_some(())?;
     let (d, _) = c.digits(2, 2)?;
     if c.done() {
-        return to_epoch_ms(y, mo, d, 0, 0, 0, 0, 0);
+        return to_epoch_ms((y, mo, d), (0, 0, 0, 0), 0);
     }
     (c.eat(b'T') || c.eat(b't') || c.eat(b' ')).then_some(())?;
     let (h, _) = c.digits(1, 2)?;
@@ -1132,7 +1129,7 @@ fn parse_iso(s: &str) -> Option<i64> {
     };
     let offset = parse_zone(&mut c)?;
     c.done().then_some(())?;
-    to_epoch_ms(y, mo, d, h, mi, sec, ms, offset)
+    to_epoch_ms((y, mo, d), (h, mi, sec, ms), offset)
 }
 
 fn parse_us(s: &str) -> Option<i64> {
@@ -1173,7 +1170,7 @@ fn parse_us(s: &str) -> Option<i64> {
     }
     let offset = parse_zone(&mut c)?;
     c.done().then_some(())?;
-    to_epoch_ms(y, mo, d, h, mi, sec, ms, offset)
+    to_epoch_ms((y, mo, d), (h, mi, sec, ms), offset)
 }
 
 /// Formats Unix ms as Elasticsearch renders `@timestamp`

@@ -217,7 +217,7 @@ impl Builder {
         Cond::All(runs.map(|r| Cond::Needle(self.needle(r))).collect())
     }
 
-    fn from_necessary(&mut self, n: &Necessary<'_>) -> Cond {
+    fn cond_of(&mut self, n: &Necessary<'_>) -> Cond {
         match n {
             Necessary::Unknown => Cond::True,
             Necessary::Equals { field, values } if value_is_raw_text(field) => {
@@ -227,12 +227,8 @@ impl Builder {
                 Cond::All(parts.iter().map(|p| self.literal(p)).collect())
             }
             Necessary::Equals { .. } | Necessary::Contains { .. } => Cond::True,
-            Necessary::All(items) => {
-                Cond::All(items.iter().map(|i| self.from_necessary(i)).collect())
-            }
-            Necessary::Any(items) => {
-                Cond::Any(items.iter().map(|i| self.from_necessary(i)).collect())
-            }
+            Necessary::All(items) => Cond::All(items.iter().map(|i| self.cond_of(i)).collect()),
+            Necessary::Any(items) => Cond::Any(items.iter().map(|i| self.cond_of(i)).collect()),
         }
     }
 }
@@ -246,7 +242,7 @@ impl Prefilter {
         };
         let per_query: Vec<Cond> = queries
             .into_iter()
-            .map(|q| b.from_necessary(&q.necessary()))
+            .map(|q| b.cond_of(&q.necessary()))
             .collect();
         let cond = if per_query.is_empty() {
             // No rules: nothing can match.

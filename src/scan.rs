@@ -54,7 +54,7 @@ enum Kind {
     /// A number or `true`/`false`.
     Other,
     /// `null`, an array or an object.
-    NotScalar,
+    Composite,
 }
 
 /// Per-record findings while scanning.
@@ -237,7 +237,7 @@ impl<'a> Scanner<'a> {
                 Scalar::Str(Cow::Owned(serde_json::from_str(&text[s - 1..e + 1]).ok()?))
             }
             Kind::Other => Scalar::Other,
-            Kind::NotScalar => Scalar::NotScalar,
+            Kind::Composite => Scalar::Composite,
         })
     }
 
@@ -307,7 +307,7 @@ impl<'a> Scanner<'a> {
                 self.ws();
                 if self.peek()? == b'}' {
                     self.i += 1;
-                    return Some(Kind::NotScalar);
+                    return Some(Kind::Composite);
                 }
                 loop {
                     self.expect_peek(b'"')?;
@@ -319,7 +319,7 @@ impl<'a> Scanner<'a> {
                     self.ws();
                     match self.next()? {
                         b',' => self.ws(),
-                        b'}' => return Some(Kind::NotScalar),
+                        b'}' => return Some(Kind::Composite),
                         _ => return None,
                     }
                 }
@@ -332,21 +332,21 @@ impl<'a> Scanner<'a> {
                 self.ws();
                 if self.peek()? == b']' {
                     self.i += 1;
-                    return Some(Kind::NotScalar);
+                    return Some(Kind::Composite);
                 }
                 loop {
                     self.value(depth + 1, flags)?;
                     self.ws();
                     match self.next()? {
                         b',' => self.ws(),
-                        b']' => return Some(Kind::NotScalar),
+                        b']' => return Some(Kind::Composite),
                         _ => return None,
                     }
                 }
             }
             b't' => self.literal(b"true", Kind::Other),
             b'f' => self.literal(b"false", Kind::Other),
-            b'n' => self.literal(b"null", Kind::NotScalar),
+            b'n' => self.literal(b"null", Kind::Composite),
             b'-' | b'0'..=b'9' => {
                 if self.number()? {
                     flags.risky_number = true;
@@ -577,7 +577,7 @@ mod tests {
         assert_eq!(top.entries, 5);
         assert!(matches!(&top.time, Some(Scalar::Str(t)) if t == "U"));
         assert!(matches!(top.result_type, Some(Scalar::Other)));
-        assert!(matches!(top.caller, Some(Scalar::NotScalar)));
+        assert!(matches!(top.caller, Some(Scalar::Composite)));
         assert!(matches!(
             &top.properties,
             Some(Props::Object { result: Some(Scalar::Str(r)) }) if r == "success"

@@ -53,7 +53,8 @@ fn every_sample_alert_conforms_to_the_schema() {
 fn the_schema_rejects_broken_alerts() {
     let v = validator();
     let good = sample_alerts().remove(0);
-    let mutations: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let mutations: Vec<(&str, Mutation)> = vec![
         (
             "missing id",
             Box::new(|a| drop(a.as_object_mut().unwrap().remove("id"))),

@@ -345,7 +345,7 @@ fn br_09a_one_alert_per_term_per_batch_and_stable_ids() {
         record(json!({"time": iso(T0), "correlationId": "22222222-2222-2222-2222-222222222222"})),
         record(json!({"time": iso(T0 + 1000)})),
     ]);
-    let alerts = h.batch(&[b.clone()]);
+    let alerts = h.batch(std::slice::from_ref(&b));
     assert_eq!(alerts.len(), 1);
     assert_eq!(
         alerts[0]["event"]["azure"]["correlation_id"],

@@ -305,8 +305,9 @@ pub enum SourceError {
     Credential {
         /// The auth kind.
         kind: &'static str,
-        /// The SDK's reason.
-        source: azure_core::Error,
+        /// The SDK's reason (boxed: it is large, and this is the error
+        /// path).
+        source: Box<azure_core::Error>,
     },
     /// Connecting, authenticating or reading the hub's properties failed.
     #[error("{what} ({namespace}/{event_hub}): {source}")]
@@ -317,8 +318,8 @@ pub enum SourceError {
         namespace: String,
         /// Hub.
         event_hub: String,
-        /// The SDK's reason.
-        source: EventHubsError,
+        /// The SDK's reason (boxed, as above).
+        source: Box<EventHubsError>,
     },
 }
 
@@ -491,7 +492,12 @@ fn credential(auth: &AuthConfig) -> Result<Option<Arc<dyn TokenCredential>>, Sou
         ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
         WorkloadIdentityCredentialOptions,
     };
-    let wrap = |kind: &'static str| move |source| SourceError::Credential { kind, source };
+    let wrap = |kind: &'static str| {
+        move |source| SourceError::Credential {
+            kind,
+            source: Box::new(source),
+        }
+    };
     Ok(Some(match auth {
         AuthConfig::ConnectionString { .. } => return Ok(None),
         AuthConfig::WorkloadIdentity {
@@ -984,7 +990,7 @@ impl EventHubsSource {
                 what,
                 namespace,
                 event_hub,
-                source,
+                source: Box::new(source),
             }
         };
         let client = factory
