@@ -125,6 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    println!("CPUs allowed: {}", workload::check_one_core());
     let mut asn_dir = PathBuf::from("data/asn");
     let mut mmdb = false;
     let mut it = args.iter();

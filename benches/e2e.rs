@@ -1,21 +1,24 @@
 //! End to end through the loopback Event Hubs double and a local webhook
 //! receiver (issue 7, measurements 5 and 6): sustained events/s of
 //! `firstseen run` on one core, alert latency from enqueue to webhook
-//! receipt at 10%, 50% and 90% of that rate, idle and loaded RSS, and
-//! startup time to ready.
+//! receipt at 10%, 50% and 90% of that rate and at a 40-TU namespace's
+//! ingress (40 MB/s) and egress (80 MB/s), idle and loaded RSS, startup
+//! time to ready, and both processes' CPU use.
 //!
 //! ```sh
 //! scripts/fetch-asn-db.sh                       # data/asn (real callers)
 //! cargo build --release --bin firstseen
-//! cargo bench --bench e2e -- --firstseen target/release/firstseen [--records 300000] [--seconds 10]
+//! cargo bench --bench e2e -- --firstseen target/release/firstseen [--records 1200000] [--seconds 10]
 //! ```
 //!
-//! The firstseen process is pinned to CPU 1 with `taskset` (when present);
-//! this process (the double, the publisher and the receiver) stays on CPU 0.
-//! The double publishes in memory, so the measured rate is firstseen's:
-//! AMQP receive, decode → normalize → enrich → rules, one synced RocksDB
-//! commit per partition batch, webhook delivery. Not a test: it asserts
-//! nothing about time; it prints what it measured.
+//! With `taskset` present, this process (the double, the publisher and
+//! the receiver) re-executes itself pinned to CPU 0 and firstseen runs
+//! pinned to CPU 1. The sustained rate is measured with firstseen paused
+//! (SIGSTOP) while the backlog is published and resumed (SIGCONT) for the
+//! drain, so the harness only serves: AMQP receive, decode → normalize →
+//! enrich → rules, one synced RocksDB commit per partition batch, webhook
+//! delivery of every alert. Not a test: it asserts nothing about time; it
+//! prints what it measured.
 
 mod workload;
 
@@ -58,8 +61,8 @@ fn alerting_body(n: usize) -> Vec<u8> {
 
 /// (partition, sequence number) → when it was published.
 type Published = Arc<Mutex<HashMap<(String, i64), Instant>>>;
-/// Latencies of received alerts.
-type Received = Arc<Mutex<Vec<Duration>>>;
+/// Received alerts: the event each came from, and its latency.
+type Received = Arc<Mutex<Vec<((String, i64), Duration)>>>;
 
 struct Args {
     firstseen: PathBuf,
@@ -76,7 +79,7 @@ fn args() -> Args {
     let mut a = Args {
         firstseen: target.join("release/firstseen"),
         asn: root.join("data/asn"),
-        records: 300_000,
+        records: 1_200_000,
         seconds: 10,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -112,8 +115,9 @@ async fn hook(
                 .to_owned(),
             alert["source"]["sequence_number"].as_i64().unwrap_or(-1),
         );
-        if let Some(at) = published.lock().unwrap().get(&key) {
-            received.lock().unwrap().push(now.duration_since(*at));
+        let at = published.lock().unwrap().get(&key).copied();
+        if let Some(at) = at {
+            received.lock().unwrap().push((key, now.duration_since(at)));
         }
     }
     StatusCode::OK
@@ -194,6 +198,35 @@ fn spawn(firstseen: &Path, config: &Path, connection_string: &str, log: &Path) -
         .expect("spawning firstseen (build it with cargo build --release --bin firstseen)")
 }
 
+/// CPU seconds (user + system) a process has used so far (`self` or a pid).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th of them, in clock ticks.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
 /// VmRSS and VmHWM of `pid`, in MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -246,23 +279,65 @@ async fn wait_committed(
     }
 }
 
-/// Publishes round-robin over the partitions, recording when each went in.
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Waits until `done` holds for the set of events with an alert at the
+/// receiver, or `cap`.
+async fn wait_received(
+    received: &Received,
+    cap: Duration,
+    done: impl Fn(&std::collections::HashSet<(String, i64)>) -> bool,
+) {
+    let deadline = Instant::now() + cap;
+    loop {
+        let got: std::collections::HashSet<(String, i64)> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect();
+        if done(&got) || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many of `keys` have an alert at the receiver.
+fn distinct_received(received: &Received, keys: &[(String, i64)]) -> usize {
+    let r = received.lock().unwrap();
+    let got: std::collections::HashSet<&(String, i64)> = r.iter().map(|(k, _)| k).collect();
+    keys.iter().filter(|k| got.contains(k)).count()
+}
+
+/// Publishes round-robin over the partitions, recording when each went in;
+/// returns each body's (partition, sequence number).
 fn publish(
     double: &EventHubsDouble,
     published: &Published,
     last: &mut HashMap<String, i64>,
     bodies: &[Vec<u8>],
     i0: usize,
-) {
+) -> Vec<(String, i64)> {
+    let mut keys = Vec::with_capacity(bodies.len());
     for (i, body) in bodies.iter().enumerate() {
         let partition = ((i0 + i) as u32 % PARTITIONS).to_string();
-        let ev = double.publish(&partition, body.clone()).unwrap();
-        published
-            .lock()
-            .unwrap()
-            .insert((partition.clone(), ev.sequence_number), Instant::now());
+        let body = body.clone();
+        // Stamped before the event is enqueued, so latency is never short.
+        let at = Instant::now();
+        let ev = double.publish(&partition, body).unwrap();
+        let key = (partition.clone(), ev.sequence_number);
+        published.lock().unwrap().insert(key.clone(), at);
         last.insert(partition, ev.sequence_number);
+        keys.push(key);
     }
+    keys
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -277,8 +352,31 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
-async fn main() {
+/// Set once this process has re-executed itself pinned to CPU 0.
+const PINNED_ENV: &str = "FIRSTSEEN_E2E_HARNESS_PINNED";
+
+fn main() {
+    // The harness (double, publisher, receiver) on CPU 0, firstseen on
+    // CPU 1: neither can take the other's core.
+    if std::env::var_os(PINNED_ENV).is_none() && Path::new("/usr/bin/taskset").exists() {
+        let status = Command::new("/usr/bin/taskset")
+            .args(["-c", "0"])
+            .arg(std::env::current_exe().expect("own path"))
+            .args(std::env::args_os().skip(1))
+            .env(PINNED_ENV, "1")
+            .status()
+            .expect("re-running pinned to CPU 0");
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench());
+}
+
+async fn bench() {
     let a = args();
     let mut cfg = workload::WorkloadConfig {
         records: a.records,
@@ -309,10 +407,12 @@ async fn main() {
     let config = write_config(dir.path(), &double, hook_addr, metrics, &a.asn);
     let client = reqwest::Client::new();
 
-    // 1. A backlog published before firstseen starts: drained as fast as it
-    //    can go (the sustained rate).
+    // 1. Startup and idle RSS against an empty hub. Then firstseen is
+    //    paused (SIGSTOP) with its links attached, the backlog published,
+    //    and firstseen resumed (SIGCONT): from there it drains as fast as it
+    //    can go (the sustained rate) until every event is committed and
+    //    every alert delivered, with the harness only serving.
     let mut last: HashMap<String, i64> = HashMap::new();
-    publish(&double, &published, &mut last, &backlog, 0);
     let spawned = Instant::now();
     let mut child = spawn(
         &a.firstseen,
@@ -336,8 +436,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let startup = spawned.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let (idle_rss, _) = rss_mib(pid);
+    signal(pid, "STOP");
+    let backlog_keys = publish(&double, &published, &mut last, &backlog, 0);
     let drain_start = Instant::now();
+    let cpu_before = (cpu_seconds(&pid.to_string()), cpu_seconds("self"));
+    signal(pid, "CONT");
     let mut peak_rss: f64 = 0.0;
     {
         let sampler = async {
@@ -347,12 +452,21 @@ async fn main() {
                 peak_rss = peak_rss.max(rss);
             }
         };
+        let done = async {
+            wait_committed(&client, metrics, &last).await;
+            // Every alert the backlog raises (one per distinct term).
+            let n = backlog_stats.distinct_terms;
+            wait_received(&received, Duration::from_secs(120), |got| got.len() >= n).await
+        };
         tokio::select! {
-            _ = wait_committed(&client, metrics, &last) => {}
+            _ = done => {}
             _ = sampler => {}
         }
     }
     let drain = drain_start.elapsed();
+    let drain_fs_cpu = (cpu_seconds(&pid.to_string()) - cpu_before.0) / drain.as_secs_f64() * 100.0;
+    let drain_harness_cpu = (cpu_seconds("self") - cpu_before.1) / drain.as_secs_f64() * 100.0;
+    let backlog_alerts = distinct_received(&received, &backlog_keys);
     let sustained_events = backlog.len() as f64 / drain.as_secs_f64();
     let sustained_records = backlog_stats.records as f64 / drain.as_secs_f64();
     let sustained_mb = backlog_bytes as f64 / drain.as_secs_f64() / 1e6;
@@ -362,8 +476,11 @@ async fn main() {
     println!("## firstseen run, end to end (firstseen pinned to one core)\n");
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| startup: spawn → /readyz 200 | {:.0} ms |", ms(startup));
-    println!("| RSS idle, right after ready | {idle_rss:.1} MiB |");
+    println!(
+        "| startup: spawn → /readyz 200 (readiness is re-evaluated every second) | {:.0} ms |",
+        ms(startup)
+    );
+    println!("| RSS idle, 1 s after ready, empty hub | {idle_rss:.1} MiB |");
     println!(
         "| backlog | {} events, {} records, {:.1} MB, {} rule-matching records |",
         backlog.len(),
@@ -372,7 +489,18 @@ async fn main() {
         backlog_stats.matching_records
     );
     println!(
-        "| sustained (backlog drain) | {sustained_events:.0} events/s, {sustained_records:.0} records/s, {sustained_mb:.1} MB/s |"
+        "| sustained (backlog drain: first publish → last commit and last alert delivered) | {sustained_events:.0} events/s, {sustained_records:.0} records/s, {sustained_mb:.1} MB/s |"
+    );
+    println!(
+        "| drain time (SIGCONT → last commit and last alert) | {:.2} s |",
+        drain.as_secs_f64(),
+    );
+    println!(
+        "| backlog alerts delivered / distinct new terms | {backlog_alerts} / {} |",
+        backlog_stats.distinct_terms
+    );
+    println!(
+        "| CPU while draining: firstseen (CPU 1) / harness (CPU 0), share of one core | {drain_fs_cpu:.0}% / {drain_harness_cpu:.0}% |"
     );
     println!("| RSS peak while draining (sampled every 100 ms) | {peak_rss:.1} MiB |");
     println!("| RSS 2 s after the drain | {after_rss:.1} MiB |");
@@ -380,31 +508,55 @@ async fn main() {
     // 2. Live traffic at a fraction of the sustained rate: latency from
     //    publish (= enqueue) to webhook receipt, per alert.
     println!("\nLive traffic, one event in {ALERT_EVERY} alerting; latency = webhook receipt − publish (enqueue):\n");
-    println!("| load | events/s offered | alerts timed | p50 | p99 | max |");
-    println!("|---|---|---|---|---|---|");
+    println!("| load | events/s offered | events/s published | MB/s | firstseen CPU | harness CPU | alerts received/expected | p50 | p99 | max |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut seed = cfg.seed;
     let mut offset = backlog.len();
-    for fraction in [0.1, 0.5, 0.9] {
-        let rate = sustained_events * fraction;
+    // Fractions of the drain rate, and the ingress (1 MB/s per TU) and
+    // egress (2 MB/s per TU) of a 40-TU Standard namespace.
+    let alert_every = ALERT_EVERY as f64;
+    let mean_body = backlog_bytes as f64 / backlog.len() as f64 * (1.0 - 1.0 / alert_every)
+        + alerting_body(0).len() as f64 / alert_every;
+    let mut loads: Vec<(String, f64)> = [0.1, 0.5, 0.9]
+        .iter()
+        .map(|f| (format!("{:.0}%", f * 100.0), sustained_events * f))
+        .collect();
+    loads.push(("40 TU ingress, 40 MB/s".into(), 40e6 / mean_body));
+    loads.push(("40 TU egress, 80 MB/s".into(), 80e6 / mean_body));
+    loads.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for (label, rate) in loads {
         let count = (rate * a.seconds as f64).ceil() as usize;
         seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         cfg.seed = seed;
-        cfg.records =
-            (count as f64 * backlog_stats.records as f64 / backlog.len() as f64) as usize + 1;
+        // A fifth more records than the mean body size asks for, so there
+        // are at least `count` bodies to publish.
+        cfg.records = (count as f64 * 1.2 * backlog_stats.records as f64 / backlog.len() as f64)
+            as usize
+            + 100;
         let (mut live, _) = workload::generate(&cfg, &a.asn).unwrap();
+        assert!(
+            live.len() >= count,
+            "generated {} bodies of {count}",
+            live.len()
+        );
         live.truncate(count);
         // Every ALERT_EVERY-th event carries one record of a term never seen
         // before (a generated workload repeats its term names across seeds).
+        let mut expected: Vec<usize> = Vec::new();
         for (i, body) in live.iter_mut().enumerate().step_by(ALERT_EVERY) {
             *body = alerting_body(offset + i);
+            expected.push(i);
         }
+        let live_bytes: usize = live.iter().map(Vec::len).sum();
         let live = &live[..];
         received.lock().unwrap().clear();
         // Publish in 10 ms ticks.
         let tick = Duration::from_millis(10);
         let per_tick = rate * tick.as_secs_f64();
         let started = Instant::now();
+        let cpu_before = (cpu_seconds(&pid.to_string()), cpu_seconds("self"));
         let mut sent = 0usize;
+        let mut live_keys: Vec<(String, i64)> = Vec::with_capacity(live.len());
         let mut ticker = tokio::time::interval(tick);
         while sent < live.len() {
             ticker.tick().await;
@@ -412,25 +564,53 @@ async fn main() {
                 ((started.elapsed().as_secs_f64() / tick.as_secs_f64()) * per_tick).ceil() as usize;
             let upto = due.min(live.len());
             if upto > sent {
-                publish(
+                live_keys.extend(publish(
                     &double,
                     &published,
                     &mut last,
                     &live[sent..upto],
                     offset + sent,
-                );
+                ));
                 sent = upto;
             }
         }
+        // What the publisher managed (it shares CPU 0 with the double and
+        // the receiver): below the offered rate, the harness is the limit.
+        let published_rate = live.len() as f64 / started.elapsed().as_secs_f64();
+        let published_mb = live_bytes as f64 / started.elapsed().as_secs_f64() / 1e6;
+        let expected: Vec<(String, i64)> = expected.iter().map(|i| live_keys[*i].clone()).collect();
         offset += live.len();
         wait_committed(&client, metrics, &last).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let mut lat = received.lock().unwrap().clone();
+        // Every alerting event's alert, however late (a late one left out
+        // would hide the tail); two minutes at most.
+        wait_received(&received, Duration::from_secs(120), |got| {
+            expected.iter().all(|k| got.contains(k))
+        })
+        .await;
+        // CPU use from the first publish until the last alert arrived, as a
+        // share of one core: firstseen near 100% is firstseen's limit.
+        let busy = started.elapsed().as_secs_f64();
+        let fs_cpu = (cpu_seconds(&pid.to_string()) - cpu_before.0) / busy * 100.0;
+        let harness_cpu = (cpu_seconds("self") - cpu_before.1) / busy * 100.0;
+        // One sample per alerting event: its first alert's latency. (Alerts
+        // of the generated records, which may also be new terms, are left
+        // out; an event whose alert never came is counted as missing.)
+        let mut lat: Vec<Duration> = {
+            let r = received.lock().unwrap();
+            let mut first: HashMap<&(String, i64), Duration> = HashMap::new();
+            for (k, d) in r.iter() {
+                first.entry(k).or_insert(*d);
+            }
+            expected
+                .iter()
+                .filter_map(|k| first.get(k).copied())
+                .collect()
+        };
+        let arrived = lat.len();
         lat.sort();
         println!(
-            "| {:.0}% | {rate:.0} | {} | {:.1} ms | {:.1} ms | {:.1} ms |",
-            fraction * 100.0,
-            lat.len(),
+            "| {label} | {rate:.0} | {published_rate:.0} | {published_mb:.1} | {fs_cpu:.0}% | {harness_cpu:.0}% | {arrived}/{} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            expected.len(),
             ms(percentile(&lat, 0.5)),
             ms(percentile(&lat, 0.99)),
             ms(lat.last().copied().unwrap_or_default()),

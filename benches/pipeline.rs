@@ -24,9 +24,9 @@
 //! asserts nothing about time. `--profile NAME` runs only the measurement
 //! whose name starts with NAME, `--reps` times (for `perf record`).
 
+mod ceiling;
 mod workload;
 
-use std::borrow::Cow;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -39,45 +39,15 @@ use firstseen::pipeline::{process_body, process_body_prefiltered, BodyContext, P
 use firstseen::rules::allowlist::Allowlist;
 use firstseen::rules::rule_file::load_rules;
 use firstseen::store::{BatchWrite, Store};
-use serde::Deserialize;
 
 const BATCH_RECORDS: usize = 5000;
-
-/// The ceiling's record: only what the seed rule reads, borrowed.
-#[derive(Deserialize)]
-struct TypedRecord<'a> {
-    #[serde(borrow, rename = "operationName")]
-    operation_name: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "resultType")]
-    result_type: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "resourceId")]
-    resource_id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "callerIpAddress")]
-    caller: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    time: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct TypedBody<'a> {
-    #[serde(borrow)]
-    records: Vec<TypedRecord<'a>>,
-}
 
 fn ceiling(bodies: &[Vec<u8>]) -> usize {
     let mut n = 0;
     for body in bodies {
-        let parsed: TypedBody<'_> = serde_json::from_slice(body).expect("generated JSON");
+        let parsed: ceiling::TypedBody<'_> = serde_json::from_slice(body).expect("generated JSON");
         for r in &parsed.records {
-            // Touch every field so nothing is optimized away.
-            let op = r.operation_name.as_deref().unwrap_or("");
-            if op.len()
-                + r.result_type.as_deref().map_or(0, str::len)
-                + r.resource_id.as_deref().map_or(0, str::len)
-                + r.caller.as_deref().map_or(0, str::len)
-                + r.time.as_deref().map_or(0, str::len)
-                > 0
-            {
+            if r.touched() > 0 {
                 n += 1;
             }
         }
@@ -268,7 +238,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .tempdir_in(std::env::temp_dir())?;
 
     println!(
-        "one core: run under `taskset -c N`; best of {reps} interleaved rounds; {} bodies, {:.1} MB",
+        "CPUs allowed: {} (one core: run under `taskset -c N`); best of {reps} interleaved rounds; {} bodies, {:.1} MB",
+        workload::check_one_core(),
         bodies.len(),
         bytes as f64 / 1e6
     );
@@ -401,6 +372,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "prefilter needles: {:?}",
         env.detector.prefilter().needles()
+    );
+    // How selective the prefilter is on this workload: records it lets
+    // through (or the scanner cannot summarize) are fully normalized.
+    let mut scratch = firstseen::prefilter::Scratch::default();
+    let (mut full, mut scanned) = (0usize, 0usize);
+    for body in &bodies {
+        let text = std::str::from_utf8(body)?;
+        if let Some(records) = firstseen::scan::scan_envelope(text, 64, 10_000) {
+            for r in records {
+                scanned += 1;
+                if r.needs_full || env.detector.prefilter().may_match(r.text, &mut scratch) {
+                    full += 1;
+                }
+            }
+        }
+    }
+    println!(
+        "records taking the full path: {full} of {scanned} ({:.2}%)",
+        100.0 * full as f64 / scanned.max(1) as f64
     );
     Ok(())
 }

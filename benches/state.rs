@@ -12,7 +12,11 @@
 //! 1. insert `--terms` distinct terms through `Store::put_term`, committed
 //!    in synced batches of `--batch` (10,000) terms, in a scrambled order;
 //! 2. look up `--lookups` random existing terms (hits), absent terms
-//!    (misses: every new term is one) and Zipf-skewed hot terms;
+//!    (misses: every new term is one; an existing resource name with an
+//!    unused AS number, so the key falls inside the stored key ranges) and
+//!    hot terms (90% of lookups on 1% of the terms, spread over the key
+//!    space); lookups start right after the inserts, with compactions
+//!    still running, as in service;
 //! 3. run `Store::gc_terms` with a cutoff that expires 4/7 of them, then
 //!    compact and look up again.
 //!
@@ -70,6 +74,18 @@ fn variant(name: &str) -> Option<StoreTuning> {
 /// Term `k`: a resource name and an AS number, encoded as the engine does
 /// (`s` + lower-cased name, `i` + big-endian AS).
 fn key(k: u64) -> Vec<u8> {
+    key_with_asn(k, 1000 + (k.wrapping_mul(2_654_435_761) % 60_000) as i64)
+}
+
+/// A term that does not exist: term `k`'s resource name with an AS number
+/// no stored term has (stored ones are 1000..61000). It sorts right beside
+/// term `k`, inside every SST file's key range, so only the Bloom filter
+/// (or a data-block read) can tell it is absent, as for a real new term.
+fn absent_key(k: u64) -> Vec<u8> {
+    key_with_asn(k, 100_000 + (k % 1000) as i64)
+}
+
+fn key_with_asn(k: u64, asn: i64) -> Vec<u8> {
     const EXT: &[&str] = &[
         "customscriptextension",
         "azuremonitorlinuxagent",
@@ -80,7 +96,6 @@ fn key(k: u64) -> Vec<u8> {
     let mut s = Vec::with_capacity(name.len() + 1);
     s.push(b's');
     s.extend_from_slice(name.as_bytes());
-    let asn = 1000 + (k.wrapping_mul(2_654_435_761) % 60_000) as i64;
     let mut i = vec![b'i'];
     i.extend_from_slice(&asn.to_be_bytes());
     term_key(RULE_ID, &[&s, &i])
@@ -149,12 +164,17 @@ fn rss() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn lookups(store: &Store, keys: impl Iterator<Item = u64>, expect: bool) -> (f64, u64) {
+fn lookups(
+    store: &Store,
+    keys: impl Iterator<Item = u64>,
+    make_key: fn(u64) -> Vec<u8>,
+    expect: bool,
+) -> (f64, u64) {
     let start = Instant::now();
     let mut n = 0u64;
     let mut found = 0u64;
     for k in keys {
-        if store.get_term(&key(k)).expect("read").is_some() {
+        if store.get_term(&make_key(k)).expect("read").is_some() {
             found += 1;
         }
         n += 1;
@@ -202,28 +222,29 @@ fn child(name: &str, dir: &Path, terms: u64, batch: u64, lookups_n: u64) {
 
     // 2. Lookups.
     let mut rng = Rng(7);
-    let (hit, _) = lookups(&store, (0..lookups_n).map(|_| rng.below(terms)), true);
+    let (hit, _) = lookups(&store, (0..lookups_n).map(|_| rng.below(terms)), key, true);
     println!("lookup_hit_rate={hit:.0}");
     let (miss, found) = lookups(
         &store,
-        (0..lookups_n).map(|_| terms + rng.below(terms)),
+        (0..lookups_n).map(|_| rng.below(terms)),
+        absent_key,
         false,
     );
     println!("lookup_miss_rate={miss:.0}");
     println!("miss_found={found}");
-    // Zipf-like hot set: 90% of lookups on 1% of the terms.
+    // Zipf-like hot set: 90% of lookups on 1% of the terms, spread over
+    // the key space (a contiguous hot range would sit in a few blocks).
     let hot = (terms / 100).max(1);
-    let (hot_rate, _) = lookups(
-        &store,
-        (0..lookups_n).map(|_| {
+    let hot_terms: Vec<u64> = (0..lookups_n)
+        .map(|_| {
             if rng.below(10) < 9 {
-                rng.below(hot)
+                scramble(rng.below(hot), terms)
             } else {
                 rng.below(terms)
             }
-        }),
-        true,
-    );
+        })
+        .collect();
+    let (hot_rate, _) = lookups(&store, hot_terms.into_iter(), key, true);
     println!("lookup_hot_rate={hot_rate:.0}");
     // The detector's per-term work: read, then write the new last-seen.
     let start = Instant::now();
@@ -264,7 +285,8 @@ fn child(name: &str, dir: &Path, terms: u64, batch: u64, lookups_n: u64) {
     println!("disk_after_gc_compact={}", dir_bytes(dir));
     let (miss2, _) = lookups(
         &store,
-        (0..lookups_n).map(|_| terms + rng.below(terms)),
+        (0..lookups_n).map(|_| rng.below(terms)),
+        absent_key,
         false,
     );
     println!("lookup_miss_rate_compacted={miss2:.0}");
@@ -273,6 +295,7 @@ fn child(name: &str, dir: &Path, terms: u64, batch: u64, lookups_n: u64) {
         (0..lookups_n)
             .map(|_| rng.below(terms))
             .filter(|k| k % 7 >= 4),
+        key,
         true,
     );
     println!("lookup_hit_rate_compacted={hit2:.0}");
@@ -353,7 +376,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         results.push((name.to_string(), kv));
     }
 
-    let rows: &[(&str, &str, fn(f64) -> String)] = &[
+    /// (row label, child's key, how to print the value)
+    type Row = (&'static str, &'static str, fn(f64) -> String);
+    let rows: &[Row] = &[
         ("insert (terms/s, synced 10k batches)", "insert_rate", |v| {
             format!("{v:.0}")
         }),

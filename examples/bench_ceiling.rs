@@ -5,31 +5,11 @@
 //! and the time; run it under `/usr/bin/time -v` next to `firstseen
 //! replay` on the same file (`scripts/bench-replay.sh` does).
 
-use std::borrow::Cow;
 use std::io::BufRead;
 use std::time::Instant;
 
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct TypedRecord<'a> {
-    #[serde(borrow, rename = "operationName")]
-    operation_name: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "resultType")]
-    result_type: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "resourceId")]
-    resource_id: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "callerIpAddress")]
-    caller: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    time: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct TypedBody<'a> {
-    #[serde(borrow)]
-    records: Vec<TypedRecord<'a>>,
-}
+#[path = "../benches/ceiling/mod.rs"]
+mod ceiling;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
@@ -50,18 +30,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if body.is_empty() {
             continue;
         }
-        let parsed: TypedBody<'_> = serde_json::from_slice(body)?;
+        let parsed: ceiling::TypedBody<'_> = serde_json::from_slice(body)?;
         for r in &parsed.records {
             records += 1;
-            touched += r.operation_name.as_deref().map_or(0, str::len)
-                + r.result_type.as_deref().map_or(0, str::len)
-                + r.resource_id.as_deref().map_or(0, str::len)
-                + r.caller.as_deref().map_or(0, str::len)
-                + r.time.as_deref().map_or(0, str::len);
+            touched += r.touched();
         }
     }
     let s = start.elapsed().as_secs_f64();
-    println!(
+    eprintln!(
         "ceiling: {records} records, {:.1} MB in {s:.2} s = {:.0} records/s, {:.1} MB/s ({touched} field bytes)",
         bytes as f64 / 1e6,
         records as f64 / s,

@@ -15,7 +15,9 @@ records="${1:-1000000}"
 cpu="${2:-1}"
 shift $(( $# > 2 ? 2 : $# )) || true
 target="${CARGO_TARGET_DIR:-target}"
-file="data/bench/replay-${records}.ndjson"
+# v2: body sizes drawn once per body (uniform 1–50 records); a file of the
+# earlier generator (replay-N.ndjson, ~4 records per body) is not reused.
+file="data/bench/replay-${records}.v2.ndjson"
 
 cargo build --release --locked --bin firstseen --example bench_generate --example bench_ceiling >&2
 if [ ! -s "$file" ]; then
@@ -32,7 +34,7 @@ run() {
 
 for round in 1 2 3; do
   echo "round $round"
-  run ceiling taskset -c "$cpu" "$target/release/examples/bench_ceiling" "$file"
+  run ceiling "$target/release/examples/bench_ceiling" "$file"
   run "firstseen replay" "$target/release/firstseen" replay --asn-db data/asn "$file"
   for extra in "$@"; do
     run "$extra replay" "$extra" replay --asn-db data/asn "$file"
