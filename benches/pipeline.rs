@@ -302,7 +302,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
         ),
         (
-            "full with prefilter (what `replay` runs)",
+            "full with prefilter (what `replay` and `run` do)",
             Box::new(|| Some(state(true))),
         ),
     ];
