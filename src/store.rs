@@ -186,7 +186,7 @@ pub struct Store {
 ///   index blocks of large SST files: at 10 million terms, 61× fewer
 ///   lookups of existing terms and 174× fewer of absent ones per second
 ///   (BENCHMARKS.md, "State scale"). Partitioned index and filters
-///   bound that memory if term counts ever reach billions, at 22–47% of
+///   bound that memory if term counts ever reach billions, at 5–47% of
 ///   lookup speed at 10 million;
 /// - a 64 MiB LRU block cache for data blocks;
 /// - a hash index inside data blocks (binary search replaced by a hash
