@@ -34,8 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use azure_core::credentials::{Secret, TokenCredential};
+use azure_core_amqp::message::AmqpMessageBody;
 use azure_messaging_eventhubs::error::ErrorKind;
-use azure_messaging_eventhubs::models::{AmqpTransport, ReceivedEventData};
+use azure_messaging_eventhubs::models::{AmqpMessage, AmqpTransport, ReceivedEventData};
 use azure_messaging_eventhubs::{
     ConsumerClient, EventHubsError, OpenReceiverOptions, StartLocation, StartPosition,
 };
@@ -1482,8 +1483,8 @@ impl PartitionReader {
             self.stats.add(&self.partition, |s| &s.redelivered);
             return Accepted::Replayed;
         }
-        let body = match event.event_data().body() {
-            Some(body) => body.to_vec(),
+        let body = match data_body(event.raw_amqp_message()) {
+            Some(body) => body,
             None => {
                 // Not a single Data section: the decoder counts and
                 // dead-letters the empty body with this position.
@@ -1566,9 +1567,49 @@ fn system_time_ms(t: SystemTime) -> i64 {
     }
 }
 
+/// The event's body when it is one AMQP Data section (what Activity Log
+/// exports send), else `None`. Read from the raw message: the SDK's
+/// `event_data()` would first build an `EventData` holding a copy of the
+/// body and of the properties, which would then be copied again.
+fn data_body(message: &AmqpMessage) -> Option<Vec<u8>> {
+    match &message.body {
+        AmqpMessageBody::Binary(sections) if sections.len() == 1 => Some(sections[0].clone()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_single_data_section_is_a_body() {
+        let with = |body: AmqpMessageBody| AmqpMessage {
+            body,
+            ..AmqpMessage::default()
+        };
+        let one = with(AmqpMessageBody::Binary(vec![b"{\"records\":[]}".to_vec()]));
+        assert_eq!(data_body(&one).as_deref(), Some(&b"{\"records\":[]}"[..]));
+        // What the SDK's `event_data().body()` gives for the same messages.
+        assert_eq!(
+            ReceivedEventData::from(one).event_data().body(),
+            Some(&b"{\"records\":[]}"[..])
+        );
+        let empty_section = with(AmqpMessageBody::Binary(vec![Vec::new()]));
+        assert_eq!(data_body(&empty_section), Some(Vec::new()));
+        for other in [
+            AmqpMessageBody::Binary(vec![b"a".to_vec(), b"b".to_vec()]),
+            AmqpMessageBody::Binary(Vec::new()),
+            AmqpMessageBody::Value(azure_messaging_eventhubs::models::AmqpValue::String(
+                "{}".into(),
+            )),
+            AmqpMessageBody::Empty,
+        ] {
+            let message = with(other);
+            assert_eq!(data_body(&message), None, "{:?}", message.body);
+            assert_eq!(ReceivedEventData::from(message).event_data().body(), None);
+        }
+    }
 
     fn parse(toml_text: &str) -> Result<EventHubsConfig, String> {
         toml::from_str::<EventHubsConfig>(toml_text).map_err(|e| e.to_string())
