@@ -256,6 +256,13 @@ pub enum RecordOutcome<'a> {
     Error(DecodeError),
 }
 
+/// Whether a record's text can hold a `""` member name (Elastic's
+/// `"":""` noise). Decode strips such members only then; the counting
+/// summary (`normalize::summarize_top`) asks the same question.
+pub(crate) fn may_have_empty_names(record_text: &str) -> bool {
+    memchr::memmem::find(record_text.as_bytes(), b"\"\":").is_some()
+}
+
 /// The record-level half of [`decode_body`]: parses record `index` of a
 /// body (as [`decode_envelope`] returned it).
 pub fn decode_record(index: usize, raw: &RawValue) -> RecordOutcome<'_> {
@@ -269,7 +276,7 @@ pub fn decode_record_text(index: usize, record_text: &str) -> RecordOutcome<'_> 
             if fields.is_empty() {
                 return RecordOutcome::Empty;
             }
-            if memchr::memmem::find(record_text.as_bytes(), b"\"\":").is_some() {
+            if may_have_empty_names(record_text) {
                 strip_empty_keys(&mut fields);
                 // `{"":""}` is `{}` once the noise is gone.
                 if fields.is_empty() {

@@ -339,7 +339,7 @@ pub(crate) fn summarize_top(top: &summary::Top<'_>, text: &str) -> RecordSummary
         empty: top.entries == 0
             || (top.named == 0
                 && top.empty_name_noise == Some(true)
-                && memchr::memmem::find(text.as_bytes(), b"\"\":").is_some()),
+                && crate::decode::may_have_empty_names(text)),
         notes,
         source_ip,
         source_address,

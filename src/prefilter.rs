@@ -170,6 +170,8 @@ pub struct Prefilter {
     /// `None`: some rule gives no condition; every record may match.
     cond: Option<Cond>,
     needles: Vec<Finder<'static>>,
+    /// `\u`, built once: `memmem::find` would build a searcher per record.
+    unicode_escape: Finder<'static>,
 }
 
 /// Per-call scratch space, reused across the records of a body.
@@ -260,6 +262,7 @@ impl Prefilter {
                 .iter()
                 .map(|n| Finder::new(n).into_owned())
                 .collect(),
+            unicode_escape: Finder::new(b"\\u").into_owned(),
         }
     }
 
@@ -268,6 +271,7 @@ impl Prefilter {
         Prefilter {
             cond: None,
             needles: Vec::new(),
+            unicode_escape: Finder::new(b"\\u").into_owned(),
         }
     }
 
@@ -292,7 +296,7 @@ impl Prefilter {
         };
         let bytes = text.as_bytes();
         // `\uXXXX` escapes could hide any needle character.
-        if memchr::memmem::find(bytes, b"\\u").is_some() {
+        if self.unicode_escape.find(bytes).is_some() {
             return true;
         }
         scratch.lower.clear();
