@@ -621,11 +621,16 @@ impl PartitionState {
     /// Mirrors the state into its readiness check: attached is ok; retrying
     /// is ok for a grace period; attaching, lost and stopped are failing.
     pub fn apply(&self, check: &HealthCheck) {
+        self.apply_at(check, std::time::Instant::now());
+    }
+
+    /// [`apply`](Self::apply) as of `now`.
+    fn apply_at(&self, check: &HealthCheck, now: std::time::Instant) {
         match self {
             PartitionState::Attached => check.set_ok(),
             PartitionState::Attaching => check.set_failing("attaching the receiver"),
             PartitionState::Retrying { reason, since } => {
-                match RETRY_GRACE.checked_sub(since.elapsed()) {
+                match RETRY_GRACE.checked_sub(now.saturating_duration_since(*since)) {
                     Some(left) if !left.is_zero() => check.set_retrying(reason.clone(), left),
                     _ => check.set_failing(format!(
                         "retrying for over {}s: {reason}",
@@ -1182,7 +1187,6 @@ impl PartitionReader {
         let mut jitter = FullJitter::new();
         let mut failures: u32 = 0;
         let mut replays: u32 = 0;
-        let mut permanent = false;
         let p = self.partition.clone();
         loop {
             if self.stop.is_cancelled() {
@@ -1248,7 +1252,8 @@ impl PartitionReader {
                     if let Some(client) = self.client.take() {
                         close_client(client).await;
                     }
-                    let (kind, message) = match &outcome {
+                    // (counter label, message, a refusal retrying won't cure)
+                    let (kind, message, permanent) = match &outcome {
                         Pump::Failed(e) => match classify(e) {
                             ErrorClass::OwnershipLost => {
                                 self.stats.add(&p, |s| &s.ownership_lost);
@@ -1260,19 +1265,18 @@ impl PartitionReader {
                                 );
                                 return self.exit(PartitionExit::OwnershipLost).await;
                             }
-                            ErrorClass::Transient(kind) => (kind, e.to_string()),
-                            ErrorClass::Permanent(kind) => {
-                                permanent = true;
-                                (kind, e.to_string())
-                            }
+                            ErrorClass::Transient(kind) => (kind, e.to_string(), false),
+                            ErrorClass::Permanent(kind) => (kind, e.to_string(), true),
                         },
                         Pump::TimedOut => (
                             ConnectionErrorKind::Timeout,
                             format!("opening the receiver took over {}s", CALL_TIMEOUT.as_secs()),
+                            false,
                         ),
                         _ => (
                             ConnectionErrorKind::ConnectionClosed,
                             "the receiver stream ended".to_string(),
+                            false,
                         ),
                     };
                     failures = failures.saturating_add(1);
@@ -1309,7 +1313,6 @@ impl PartitionReader {
                         self.stats
                             .set_state(&p, PartitionState::Retrying { reason, since });
                     }
-                    permanent = false;
                     tokio::select! {
                         _ = self.stop.cancelled() => return self.exit(PartitionExit::Shutdown).await,
                         _ = tokio::time::sleep(delay) => {}
@@ -1779,15 +1782,14 @@ env = "EH_CONN"
         );
         // A streak older than the grace period fails, however often the
         // reader went through attaching in between.
-        if let Some(long_ago) = std::time::Instant::now().checked_sub(RETRY_GRACE * 2) {
-            PartitionState::Attached.apply(&check);
-            PartitionState::Retrying {
-                reason: "connect: refused".into(),
-                since: long_ago,
-            }
-            .apply(&check);
-            assert!(!health.report().is_ready());
+        let since = std::time::Instant::now();
+        PartitionState::Attached.apply(&check);
+        PartitionState::Retrying {
+            reason: "connect: refused".into(),
+            since,
         }
+        .apply_at(&check, since + RETRY_GRACE * 2);
+        assert!(!health.report().is_ready());
         PartitionState::Failing("auth: unauthorized".into()).apply(&check);
         assert!(!health.report().is_ready(), "a refusal fails at once");
         PartitionState::Lost.apply(&check);
