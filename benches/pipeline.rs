@@ -86,22 +86,34 @@ fn decode_normalize(env: &Env, bodies: &[Vec<u8>], enrich: bool) -> usize {
     n
 }
 
-fn process_bodies(env: &Env, bodies: &[Vec<u8>]) -> usize {
+/// One body through `process_body` or, with `prefilter`,
+/// `process_body_prefiltered`.
+fn process_one(
+    env: &Env,
+    body: &[u8],
+    prefilter: bool,
+    out: &mut Vec<Candidate>,
+    stats: &mut PipelineStats,
+) {
+    let ctx = BodyContext::default();
+    let asn = Some(&env.asn);
+    if prefilter {
+        let p = env.detector.prefilter();
+        process_body_prefiltered(body, &ctx, &env.limits, asn, p, out, stats);
+    } else {
+        process_body(body, &ctx, &env.limits, asn, out, stats);
+    }
+}
+
+/// Every body through [`process_one`], candidates discarded.
+fn process_bodies(env: &Env, bodies: &[Vec<u8>], prefilter: bool) -> PipelineStats {
     let mut stats = PipelineStats::default();
     let mut out = Vec::with_capacity(BATCH_RECORDS);
-    let ctx = BodyContext::default();
     for body in bodies {
-        process_body(
-            body,
-            &ctx,
-            &env.limits,
-            Some(&env.asn),
-            &mut out,
-            &mut stats,
-        );
+        process_one(env, body, prefilter, &mut out, &mut stats);
         out.clear();
     }
-    stats.records as usize
+    stats
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -111,25 +123,6 @@ struct FullReport {
     records: u64,
     matched: u64,
     alerts: u64,
-}
-
-fn prefiltered_bodies(env: &Env, bodies: &[Vec<u8>]) -> PipelineStats {
-    let mut stats = PipelineStats::default();
-    let mut out = Vec::with_capacity(BATCH_RECORDS);
-    let ctx = BodyContext::default();
-    for body in bodies {
-        process_body_prefiltered(
-            body,
-            &ctx,
-            &env.limits,
-            Some(&env.asn),
-            env.detector.prefilter(),
-            &mut out,
-            &mut stats,
-        );
-        out.clear();
-    }
-    stats
 }
 
 /// What `replay` does per body and per batch, minus file I/O and alert
@@ -146,7 +139,6 @@ fn full(
     let started = Instant::now();
     let mut stats = PipelineStats::default();
     let mut pending: Vec<Candidate> = Vec::with_capacity(BATCH_RECORDS);
-    let ctx = BodyContext::default();
     let mut report = FullReport::default();
     let mut batch_start = 0u64;
     let flush = |pending: &mut Vec<Candidate>, report: &mut FullReport| {
@@ -165,26 +157,7 @@ fn full(
         pending.clear();
     };
     for body in bodies {
-        if prefilter {
-            process_body_prefiltered(
-                body,
-                &ctx,
-                &env.limits,
-                Some(&env.asn),
-                env.detector.prefilter(),
-                &mut pending,
-                &mut stats,
-            );
-        } else {
-            process_body(
-                body,
-                &ctx,
-                &env.limits,
-                Some(&env.asn),
-                &mut pending,
-                &mut stats,
-            );
-        }
+        process_one(env, body, prefilter, &mut pending, &mut stats);
         // Batches of 5,000 records (not candidates), as `replay` cuts them.
         if stats.records - batch_start >= BATCH_RECORDS as u64 {
             batch_start = stats.records;
@@ -286,7 +259,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "process_body (the above + counters)",
             Box::new(|| {
-                process_bodies(&env, &bodies);
+                process_bodies(&env, &bodies, false);
                 None
             }),
         ),
@@ -297,7 +270,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "process_body_prefiltered",
             Box::new(|| {
-                prefiltered_bodies(&env, &bodies);
+                process_bodies(&env, &bodies, true);
                 None
             }),
         ),
